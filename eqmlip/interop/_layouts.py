@@ -1,0 +1,22 @@
+"""Flax parameter layouts of the e3nn-jax family, registered with `flax_slots`."""
+
+from ..nn import Linear
+from ._flax import ParamSlot, StateSlot, flax_slots
+
+
+@flax_slots.register
+def _linear(module: Linear) -> tuple[list[ParamSlot], list[StateSlot]]:
+    # e3nn names each parameter after its path and the (regrouped, channel-folded) irreps.
+    irreps_in, irreps_out = module.internal_irreps_in, module.internal_irreps_out
+    slots = [
+        ParamSlot(
+            ("params", f"w[{p.i_in},{p.i_out}] {irreps_in[p.i_in]},{irreps_out[p.i_out]}"),
+            lambda m, k=k: m.weights[k],
+        )
+        for k, p in enumerate(module.paths)
+    ]
+    slots += [
+        ParamSlot(("params", f"b[{i}] {irreps_out[i]}"), lambda m, k=k: m.biases[k])
+        for k, i in enumerate(module.bias_indices)
+    ]
+    return slots, []
