@@ -1,6 +1,6 @@
 """Flax parameter layouts of the e3nn-jax family, registered with `flax_slots`."""
 
-from ..nn import Linear
+from ..nn import Linear, MultiLayerPerceptron
 from ._flax import ParamSlot, StateSlot, flax_slots
 
 
@@ -19,4 +19,19 @@ def _linear(module: Linear) -> tuple[list[ParamSlot], list[StateSlot]]:
         ParamSlot(("params", f"b[{i}] {irreps_out[i]}"), lambda m, k=k: m.biases[k])
         for k, i in enumerate(module.bias_indices)
     ]
+    return slots, []
+
+
+@flax_slots.register
+def _mlp(module: MultiLayerPerceptron) -> tuple[list[ParamSlot], list[StateSlot]]:
+    # One flax.linen.Dense per layer, auto-named Dense_{i}.
+    slots = [
+        ParamSlot(("params", f"Dense_{i}", "kernel"), lambda m, i=i: m.kernels[i])
+        for i in range(len(module.kernels))
+    ]
+    if module.biases is not None:
+        slots += [
+            ParamSlot(("params", f"Dense_{i}", "bias"), lambda m, i=i: m.biases[i])
+            for i in range(len(module.biases))
+        ]
     return slots, []

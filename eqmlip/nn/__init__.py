@@ -1,3 +1,4 @@
 """Equinox modules, one for each Flax class that eqmlip replaces."""
 
 from ._linear import Linear as Linear
+from ._mlp import MultiLayerPerceptron as MultiLayerPerceptron
