@@ -11,13 +11,14 @@ with the path weights $c_p$ of e3nn-jax's `FunctionalLinear`.
 
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import e3nn_jax as e3nn
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-Normalization = Literal["element", "path"] | float
+# "element" (0.0), "path" (1.0) or a float; checked at run time with a message naming the options.
+Normalization = str | float
 
 
 class LinearPath(NamedTuple):
