@@ -1,5 +1,8 @@
 """Small helpers shared across the package."""
 
+from typing import cast
+
+import e3nn_jax as e3nn
 import jax.numpy as jnp
 import numpy as np
 
@@ -15,3 +18,8 @@ def resolve_dtype(dtype: object | None) -> np.dtype:
     if resolved.kind != "f":
         raise TypeError(f"dtype must be a real floating dtype, got {resolved}.")
     return resolved
+
+
+def irreps_entry(irreps: e3nn.Irreps, i: int) -> e3nn.MulIrrep:
+    """`irreps[i]` with its real type (e3nn-jax annotates integer indexing as returning Irreps)."""
+    return cast(e3nn.MulIrrep, irreps[i])

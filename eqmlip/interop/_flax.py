@@ -96,23 +96,30 @@ def from_flax(module: Any, variables: Mapping[str, Any]) -> Any:
     if not states:
         return module
 
-    state = eqx.nn.State(module)
+    try:
+        state = eqx.nn.State(module)
+    except Exception as error:
+        raise ValueError(
+            f"from_flax: {type(module).__name__} has no initial state to fill (it was made with "
+            "eqx.nn.make_with_state). Pass the module as constructed, e.g. "
+            f"from_flax({type(module).__name__}(...), variables); from_flax returns "
+            "(module, state) itself."
+        ) from error
     grouped: dict[int, tuple[eqx.nn.StateIndex, dict[int, Array]]] = {}
     for slot in states:
-        init = slot.index.init
-        current = init[slot.position]
+        current = state.get(slot.index)[slot.position]
         value = np.asarray(given[slot.path])
         if value.shape != current.shape:
             raise ValueError(
                 f"from_flax: {_show(slot.path)} has shape {value.shape}, expected "
                 f"{current.shape} for {type(module).__name__}."
             )
-        grouped.setdefault(id(slot.index), (slot.index, {}))[1][slot.position] = jnp.asarray(
-            value, dtype=current.dtype
-        )
+        entries = grouped.setdefault(id(slot.index), (slot.index, {}))[1]
+        entries[slot.position] = jnp.asarray(value, dtype=current.dtype)
     for index, entries in grouped.values():
-        values = list(index.init)
+        values = list(state.get(index))
         for position, value in entries.items():
             values[position] = value
         state = state.set(index, tuple(values))
-    return module, state
+    # As eqx.nn.make_with_state does: the state lives in `state`, not in the module.
+    return eqx.nn.delete_init_state(module), state

@@ -9,7 +9,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._misc import resolve_dtype
+from .._misc import irreps_entry, resolve_dtype
 from ..ops.linear import (
     LinearPath,
     Normalization,
@@ -199,13 +199,14 @@ class Linear(eqx.Module):
         self.weights = tuple(
             init(
                 k,
-                prefix + (internal_in[p.i_in].mul, internal_out[p.i_out].mul),
+                prefix
+                + (irreps_entry(internal_in, p.i_in).mul, irreps_entry(internal_out, p.i_out).mul),
                 std_scale * p.weight_std,
             )
             for k, p in zip(wkeys, paths, strict=False)
         )
         self.biases = tuple(
-            init(k, prefix + (internal_out[i].mul,), 0.0)
+            init(k, prefix + (irreps_entry(internal_out, i).mul,), 0.0)
             for k, i in zip(bkeys, bias_indices, strict=False)
         )
         self.irreps_in = irreps_in
@@ -228,8 +229,8 @@ class Linear(eqx.Module):
         prefix = self._param_prefix()
         for path, w in zip(self.paths, self.weights, strict=True):
             expected = prefix + (
-                self.internal_irreps_in[path.i_in].mul,
-                self.internal_irreps_out[path.i_out].mul,
+                irreps_entry(self.internal_irreps_in, path.i_in).mul,
+                irreps_entry(self.internal_irreps_out, path.i_out).mul,
             )
             if w.shape != expected:
                 raise ValueError(
@@ -237,7 +238,7 @@ class Linear(eqx.Module):
                     f"expected {expected}."
                 )
         for i, b in zip(self.bias_indices, self.biases, strict=True):
-            expected = prefix + (self.internal_irreps_out[i].mul,)
+            expected = prefix + (irreps_entry(self.internal_irreps_out, i).mul,)
             if b.shape != expected:
                 raise ValueError(
                     f"Linear: bias of output {i} has shape {b.shape}, expected {expected}."

@@ -17,6 +17,8 @@ import e3nn_jax as e3nn
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._misc import irreps_entry
+
 # "element" (0.0), "path" (1.0) or a float; checked at run time with a message naming the options.
 Normalization = str | float
 
@@ -82,15 +84,20 @@ def linear_paths(
                     f"({len(irreps_in)} entries) and irreps_out={irreps_out} "
                     f"({len(irreps_out)} entries)."
                 )
-            if irreps_in[i_in].ir != irreps_out[i_out].ir:
+            ir_in, ir_out = irreps_entry(irreps_in, i_in).ir, irreps_entry(irreps_out, i_out).ir
+            if ir_in != ir_out:
                 raise ValueError(
-                    f"instruction ({i_in}, {i_out}) connects {irreps_in[i_in].ir} to "
-                    f"{irreps_out[i_out].ir}; a linear map can only connect equal irreps."
+                    f"instruction ({i_in}, {i_out}) connects {ir_in} to {ir_out}; a linear map "
+                    "can only connect equal irreps."
                 )
 
     def alpha(i_in: int, i_out: int) -> float:
-        fan = sum(irreps_in[j].mul ** (1.0 - path_normalization) for j, o in pairs if o == i_out)
-        denominator = irreps_in[i_in].mul ** path_normalization * fan
+        fan = sum(
+            irreps_entry(irreps_in, j).mul ** (1.0 - path_normalization)
+            for j, o in pairs
+            if o == i_out
+        )
+        denominator = irreps_entry(irreps_in, i_in).mul ** path_normalization * fan
         return 1.0 / denominator if denominator > 0 else 1.0
 
     return tuple(
@@ -117,7 +124,8 @@ def bias_outputs(irreps_out: e3nn.Irreps, biases: bool | Sequence[bool]) -> tupl
     for i, (flag, (_, ir)) in enumerate(zip(flags, irreps_out, strict=True)):
         if flag and not ir.is_scalar():
             raise ValueError(
-                f"biases[{i}] is True for output {irreps_out[i]}; only 0e outputs can have a bias."
+                f"biases[{i}] is True for output {irreps_entry(irreps_out, i)}; only 0e outputs "
+                "can have a bias."
             )
     return tuple(i for i, flag in enumerate(flags) if flag)
 
@@ -161,10 +169,10 @@ def linear_contract(
         for path, w in zip(paths, weights, strict=True):
             if path.i_out != i_out:
                 continue
-            mul_in, ir_in = irreps_in[path.i_in]
-            if mul_in == 0 or mul_out == 0:
+            entry_in = irreps_entry(irreps_in, path.i_in)
+            if entry_in.mul == 0 or mul_out == 0:
                 continue
-            chunk = x[..., in_slices[path.i_in]].reshape(*batch, mul_in, ir_in.dim)
+            chunk = x[..., in_slices[path.i_in]].reshape(*batch, entry_in.mul, entry_in.ir.dim)
             term = path.path_weight * _contract_multiplicity(chunk, w)
             total = term if total is None else total + term
         for i_bias, b in zip(bias_indices, biases, strict=True):
@@ -187,7 +195,7 @@ def regroup_columns(
 
     Returns `x` itself when the chunks are already sorted, so the common case costs nothing.
     """
-    order = sorted(range(len(irreps)), key=lambda i: irreps[i].ir)
+    order = sorted(range(len(irreps)), key=lambda i: irreps_entry(irreps, i).ir)
     if order == list(range(len(irreps))):
         return x
     slices = irreps.slices()

@@ -100,7 +100,9 @@ def test_structure_retrace_and_serialisation():
 def test_jit_vmap_grad():
     model = MultiLayerPerceptron(3, (5, 2), act=jax.nn.silu, with_bias=True, key=K(0))
     x = jr.normal(K(2), (4, 3))
-    np.testing.assert_allclose(jax.vmap(model)(x), model(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(model)(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6
+    )
     grads = eqx.filter_grad(lambda m: jnp.sum(m(x) ** 2))(model)
     leaves = jax.tree.leaves(grads)
     assert len(leaves) == 4

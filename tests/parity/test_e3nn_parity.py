@@ -1,5 +1,7 @@
 """eqmlip.nn.Linear and MultiLayerPerceptron side by side with their e3nn_jax.flax originals."""
 
+from typing import Any
+
 import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,11 @@ from ..helpers import relative_error, tolerance
 pytestmark = pytest.mark.parity
 
 K = jax.random.PRNGKey
+
+
+def _apply(flax_module, variables, *args) -> Any:
+    """`flax_module.apply`, typed loosely (Flax's overloads return a union with a tuple)."""
+    return flax_module.apply(variables, *args)
 
 
 def _randomise(variables, seed):
@@ -69,7 +76,7 @@ def test_linear_matches_flax(x64, flax_kwargs, extra, irreps_in, shape, weights)
     args = _call_args(weights, irreps_in, shape)
     flax_module = e3nn_flax.Linear(**flax_kwargs)
     variables = _randomise(flax_module.init(K(0), *args), seed=7)
-    expected = flax_module.apply(variables, *args)
+    expected = _apply(flax_module, variables, *args)
 
     kwargs = {k: v for k, v in flax_kwargs.items() if k not in ("irreps_in", "irreps_out")}
     module = Linear(irreps_in, flax_kwargs["irreps_out"], key=K(3), **kwargs, **extra)
@@ -88,18 +95,20 @@ def test_linear_matches_flax(x64, flax_kwargs, extra, irreps_in, shape, weights)
 def test_linear_parameter_initializer_matches_flax():
     x = e3nn.normal("2x0e+3x1o", K(1), (4,))
     init = lambda: jax.nn.initializers.constant(0.25)  # noqa: E731
-    flax_module = e3nn_flax.Linear("4x0e+1x1o", biases=True, parameter_initializer=init)
+    flax_module = e3nn_flax.Linear(
+        e3nn.Irreps("4x0e+1x1o"), biases=True, parameter_initializer=init
+    )
     variables = flax_module.init(K(0), x)
     module = Linear("2x0e+3x1o", "4x0e+1x1o", biases=True, parameter_initializer=init, key=K(3))
     # Both initialisers are deterministic, so the fresh parameters agree without any loading.
     ours = {"w": module.weights, "b": module.biases}
     assert all(np.all(np.asarray(w) == 0.25) for w in jax.tree.leaves(ours))
-    assert relative_error(module(x).array, flax_module.apply(variables, x).array) == 0.0
+    assert relative_error(module(x).array, _apply(flax_module, variables, x).array) == 0.0
 
 
 def test_linear_init_shapes_match_flax():
     x = e3nn.normal("2x0e+1x1o+3x0e", K(1), (4, 2))
-    flax_module = e3nn_flax.Linear("3x0e+1o", channel_out=3, biases=True)
+    flax_module = e3nn_flax.Linear(e3nn.Irreps("3x0e+1o"), channel_out=3, biases=True)
     shapes = jax.tree.map(jnp.shape, flax_module.init(K(0), x))
     module = Linear("2x0e+1x1o+3x0e", "3x0e+1o", channel_in=2, channel_out=3, biases=True, key=K(0))
     loaded = from_flax(module, flax_module.init(K(0), x))
@@ -125,7 +134,7 @@ def test_mlp_matches_flax(x64, act, with_bias, output_activation):
         (8, 6, 3), act, with_bias=with_bias, output_activation=output_activation
     )
     variables = _randomise(flax_module.init(K(0), x), seed=11)
-    expected = flax_module.apply(variables, x)
+    expected = _apply(flax_module, variables, x)
     module = MultiLayerPerceptron(
         5, (8, 6, 3), act=act, with_bias=with_bias, output_activation=output_activation, key=K(2)
     )
@@ -141,7 +150,7 @@ def test_mlp_irreps_array_and_normalizations_match_flax(gradient_normalization):
         (4, 2), jax.nn.silu, gradient_normalization=gradient_normalization, with_bias=True
     )
     variables = _randomise(flax_module.init(K(0), x), seed=3)
-    expected = flax_module.apply(variables, x)
+    expected = _apply(flax_module, variables, x)
     module = MultiLayerPerceptron(
         5,
         (4, 2),
