@@ -1,6 +1,6 @@
 """Flax parameter layouts of the e3nn-jax family, registered with `flax_slots`."""
 
-from ..nn import Linear, MultiLayerPerceptron
+from ..nn import BatchNorm, Linear, MultiLayerPerceptron
 from ._flax import ParamSlot, StateSlot, flax_slots
 
 
@@ -35,3 +35,22 @@ def _mlp(module: MultiLayerPerceptron) -> tuple[list[ParamSlot], list[StateSlot]
             for i in range(len(module.biases))
         ]
     return slots, []
+
+
+@flax_slots.register
+def _batch_norm(module: BatchNorm) -> tuple[list[ParamSlot], list[StateSlot]]:
+    # Flax names: params/{weights,biases} (when affine), batch_stats/{mean,var} (unless instance);
+    # the state holds the pair (mean, var).
+    params = []
+    if module.affine:
+        params = [
+            ParamSlot(("params", "weights"), lambda m: m.weights),
+            ParamSlot(("params", "biases"), lambda m: m.biases),
+        ]
+    states = []
+    if module.state_index is not None:
+        states = [
+            StateSlot(("batch_stats", "mean"), module.state_index, 0),
+            StateSlot(("batch_stats", "var"), module.state_index, 1),
+        ]
+    return params, states

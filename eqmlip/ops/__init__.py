@@ -1,5 +1,6 @@
 """Pure functions on arrays and static irreps; `eqmlip.nn` modules hold parameters, call these."""
 
+from .batch_norm import batch_norm as batch_norm
 from .linear import (
     LinearPath as LinearPath,
     bias_outputs as bias_outputs,
