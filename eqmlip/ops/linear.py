@@ -173,7 +173,11 @@ def linear_contract(
             if entry_in.mul == 0 or mul_out == 0:
                 continue
             chunk = x[..., in_slices[path.i_in]].reshape(*batch, entry_in.mul, entry_in.ir.dim)
-            term = path.path_weight * _contract_multiplicity(chunk, w)
+            if w.ndim == 2:
+                # Scale the small (mul_in, mul_out) matrix rather than the large output.
+                term = _contract_multiplicity(chunk, path.path_weight * w)
+            else:
+                term = path.path_weight * _contract_multiplicity(chunk, w)
             total = term if total is None else total + term
         for i_bias, b in zip(bias_indices, biases, strict=True):
             if i_bias == i_out:

@@ -103,7 +103,9 @@ def test_linear_parameter_initializer_matches_flax():
     # Both initialisers are deterministic, so the fresh parameters agree without any loading.
     ours = {"w": module.weights, "b": module.biases}
     assert all(np.all(np.asarray(w) == 0.25) for w in jax.tree.leaves(ours))
-    assert relative_error(module(x).array, _apply(flax_module, variables, x).array) == 0.0
+    # eqmlip folds path weights into the weight matrices (faster), so rounding differs slightly.
+    expected = _apply(flax_module, variables, x).array
+    assert relative_error(module(x).array, expected) <= tolerance(expected.dtype)
 
 
 def test_linear_init_shapes_match_flax():

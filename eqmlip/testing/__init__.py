@@ -1,0 +1,27 @@
+"""Hypothesis strategies and equivariance assertions for testing equivariant code.
+
+Draw irreps, `e3nn.IrrepsArray`s and O(3) matrices with Hypothesis, then check that a function
+commutes with the group action:
+
+```python
+import e3nn_jax as e3nn
+import hypothesis
+from eqmlip import testing
+
+@hypothesis.given(testing.irreps_arrays("2x0e + 1o"), testing.o3_matrices())
+def test_norm(x, matrix):
+    testing.assert_equivariant(e3nn.norm, x, matrix=matrix)
+```
+"""
+
+from ._equivariance import (
+    assert_equivariant as assert_equivariant,
+    default_tolerance as default_tolerance,
+    equivariance_error as equivariance_error,
+)
+from ._strategies import (
+    irreps as irreps,
+    irreps_arrays as irreps_arrays,
+    o3_matrices as o3_matrices,
+    rotations as rotations,
+)
