@@ -1,5 +1,6 @@
 """Shared test utilities."""
 
+import equinox as eqx
 import numpy as np
 
 
@@ -18,3 +19,20 @@ def relative_error(actual, expected) -> float:
 def tolerance(dtype) -> float:
     """Parity tolerance: 1e-6 relative in float32, 1e-12 in float64."""
     return 1e-12 if np.dtype(dtype) == np.float64 else 1e-6
+
+
+class CountingApply:
+    """`eqx.filter_jit(lambda model, *args: model(*args))` that counts how often it traces."""
+
+    def __init__(self):
+        self.traces = 0
+
+        @eqx.filter_jit
+        def apply(model, *args):
+            self.traces += 1
+            return model(*args)
+
+        self._apply = apply
+
+    def __call__(self, model, *args):
+        return self._apply(model, *args)

@@ -14,6 +14,8 @@ import pytest
 from eqmlip import testing
 from eqmlip.nn import Linear
 
+from ..helpers import CountingApply
+
 K = jr.PRNGKey
 
 
@@ -73,17 +75,10 @@ def test_equal_arguments_give_equal_structure_and_no_retrace():
     assert jax.tree.structure(a) == jax.tree.structure(b)
     assert not all(np.array_equal(u, v) for u, v in zip(a.weights, b.weights, strict=True))
 
-    traces = 0
-
-    @eqx.filter_jit
-    def apply(model, x):
-        nonlocal traces
-        traces += 1
-        return model(x)
-
+    apply = CountingApply()
     x = e3nn.normal("2x0e+1x1o", K(2), (5,))
     ya, yb = apply(a, x), apply(b, x)
-    assert traces == 1
+    assert apply.traces == 1
     assert not np.allclose(ya.array, yb.array)
     # optax/EMA-style tree_map across two models works because the structures agree.
     average = jax.tree.map(lambda u, v: (u + v) / 2, a, b)

@@ -14,6 +14,8 @@ import pytest
 from eqmlip import testing
 from eqmlip.nn import MultiLayerPerceptron
 
+from ..helpers import CountingApply
+
 K = jr.PRNGKey
 
 
@@ -77,17 +79,10 @@ def test_structure_retrace_and_serialisation():
     a = MultiLayerPerceptron(3, (5, 2), act=jax.nn.gelu, with_bias=True, key=K(0))
     b = MultiLayerPerceptron(3, (5, 2), act=jax.nn.gelu, with_bias=True, key=K(1))
     assert jax.tree.structure(a) == jax.tree.structure(b)
-    traces = 0
-
-    @eqx.filter_jit
-    def apply(model, x):
-        nonlocal traces
-        traces += 1
-        return model(x)
-
+    apply = CountingApply()
     x = jr.normal(K(2), (4, 3))
     assert not np.allclose(apply(a, x), apply(b, x))
-    assert traces == 1
+    assert apply.traces == 1
 
     buffer = io.BytesIO()
     eqx.tree_serialise_leaves(buffer, a)
