@@ -1,4 +1,7 @@
 """Move weights from the Flax originals into eqmlip modules. Imports no Flax."""
 
-from . import _layouts as _layouts  # registers the layouts
+from . import (
+    _layouts as _layouts,  # registers the layouts
+    _layouts_mlip as _layouts_mlip,  # registers the mlip (and e3j) layouts
+)
 from ._flax import from_flax as from_flax

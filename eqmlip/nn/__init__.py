@@ -3,3 +3,9 @@
 from ._batch_norm import BatchNorm as BatchNorm
 from ._linear import Linear as Linear
 from ._mlp import MultiLayerPerceptron as MultiLayerPerceptron
+from ._readout import (
+    E3jLinear as E3jLinear,
+    MultiHeadReadoutBlock as MultiHeadReadoutBlock,
+    ReadoutBlock as ReadoutBlock,
+    select_head as select_head,
+)

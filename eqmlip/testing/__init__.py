@@ -12,6 +12,9 @@ from eqmlip import testing
 def test_norm(x, matrix):
     testing.assert_equivariant(e3nn.norm, x, matrix=matrix)
 ```
+
+`molecules`, `crystals` and `graphs` draw atomic structures (`ase.Atoms`, with a minimum
+distance between atoms, periodic images included) and their `eqmlip.Graph`s.
 """
 
 from ._equivariance import (
@@ -25,3 +28,4 @@ from ._strategies import (
     o3_matrices as o3_matrices,
     rotations as rotations,
 )
+from ._structures import crystals as crystals, graphs as graphs, molecules as molecules

@@ -1,0 +1,569 @@
+"""Atomic graphs: one pytree for a structure or a padded batch of structures.
+
+A [`eqmlip.Graph`][] holds the atoms (nodes), the directed neighbour pairs within a cutoff
+(edges, both directions), and per-structure data (graphs) of one structure or a batch of
+structures, concatenated along each axis as in jraph. The data flow is
+
+```
+ase.Atoms -> Graph.from_atoms (host, numpy) -> batch_graphs -> pad_graph -> device -> model
+```
+
+Masks are explicit fields, so a batch without padding is never misread (mlip's `Graph` treats
+the last graph of any multi-graph batch as padding). Unlike mlip's `Graph`, this one carries
+only what a potential needs as input; targets (energies, forces, ...) live elsewhere.
+"""
+
+import math
+from collections.abc import Collection
+from typing import Any
+
+import ase
+import ase.data
+import equinox as eqx
+import jax.numpy as jnp
+import matscipy.neighbours
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+# Fields are NumPy arrays on the host (as built by `from_atoms`) or JAX arrays on the device.
+# Containers are hinted as `Collection[...]`, which the runtime checker does not sample with
+# `random` (it does for `Sequence[...]`), so these helpers can run while Hypothesis draws.
+_Arr = Array | np.ndarray
+
+_MAX_Z = len(ase.data.chemical_symbols) - 1  # 118
+
+
+class Graph(eqx.Module):
+    """A structure, or a batch of structures, as a graph of atoms: Equinox counterpart of
+    `mlip.graph.Graph` (the model inputs only).
+
+    Sizes: `nodes` atoms, `edges` directed pairs, `graphs` structures. Edge `e` goes from
+    `senders[e]` to `receivers[e]`; its vector is (ASE's sign convention, `D = pos[j] -
+    pos[i] + S @ cell` for the pair `i -> j`)
+
+    $$\\vec r_e = x_{r_e} - x_{s_e} + S_e \\cdot C_{g(e)}$$
+
+    with the integer cell shift `S_e` and the cell `C` of the edge's graph `g(e)`.
+
+    Batches are concatenations: the nodes, edges and graphs of the first structure, then those
+    of the second, and so on, with `senders`/`receivers` offset to index the concatenated
+    nodes. `n_node[g]` and `n_edge[g]` count the nodes and edges of graph `g` and always sum
+    to the number of nodes and edges.
+
+    **Padding convention** (see [`eqmlip.pad_graph`][]): padding nodes sit at the tail with
+    position 0 and atomic number 0; padding edges are zero-length self-loops on the first
+    padding node with shift 0; all padding nodes and edges belong to the first padding graph,
+    and further padding graphs are empty; padding graphs have cell 0, `pbc` False, charge 0
+    and `dataset_idx` 0. Masks are `False` on padding. A model must treat zero-length edges
+    safely (a safe norm and a radial basis that is 0 at r = 0) and mask per-node outputs.
+
+    **Fields:**
+
+    - `positions`: `[nodes, 3]` Cartesian positions (Å).
+    - `atomic_numbers`: `[nodes]` integer atomic numbers `Z` (0 on padding nodes).
+    - `senders`, `receivers`: `[edges]` integer node indices of each directed edge.
+    - `shifts`: `[edges, 3]` integer cell shifts `S`, stored as floats (0 for molecules).
+    - `cell`: `[graphs, 3, 3]` lattice vectors as rows (0 where there is no cell).
+    - `pbc`: `[graphs, 3]` periodicity along each lattice vector. A potential reports stress
+        only where some direction is periodic (mlip instead divides by `det(cell)` replaced by
+        1 for molecules, so its molecule "stress" is a virial in eV).
+    - `n_node`, `n_edge`: `[graphs]` integer node and edge counts per graph.
+    - `node_mask`, `edge_mask`, `graph_mask`: boolean, `True` on real entries.
+    - `dataset_idx`: `[graphs]` integer dataset (readout head) of each graph.
+    - `charge`: `[graphs]` integer total charge of each graph.
+
+    Build one with [`eqmlip.Graph.from_atoms`][], [`eqmlip.batch_graphs`][] and
+    [`eqmlip.pad_graph`][], or pass every field to the constructor.
+    """
+
+    positions: Float[_Arr, "nodes 3"]
+    atomic_numbers: Int[_Arr, " nodes"]
+    senders: Int[_Arr, " edges"]
+    receivers: Int[_Arr, " edges"]
+    shifts: Float[_Arr, "edges 3"]
+    cell: Float[_Arr, "graphs 3 3"]
+    pbc: Bool[_Arr, "graphs 3"]
+    n_node: Int[_Arr, " graphs"]
+    n_edge: Int[_Arr, " graphs"]
+    node_mask: Bool[_Arr, " nodes"]
+    edge_mask: Bool[_Arr, " edges"]
+    graph_mask: Bool[_Arr, " graphs"]
+    dataset_idx: Int[_Arr, " graphs"]
+    charge: Int[_Arr, " graphs"]
+
+    def __check_init__(self):
+        nodes, edges, graphs = self.num_nodes, self.num_edges, self.num_graphs
+        expected = {
+            "positions": (nodes, 3),
+            "atomic_numbers": (nodes,),
+            "senders": (edges,),
+            "receivers": (edges,),
+            "shifts": (edges, 3),
+            "cell": (graphs, 3, 3),
+            "pbc": (graphs, 3),
+            "n_node": (graphs,),
+            "n_edge": (graphs,),
+            "node_mask": (nodes,),
+            "edge_mask": (edges,),
+            "graph_mask": (graphs,),
+            "dataset_idx": (graphs,),
+            "charge": (graphs,),
+        }
+        for name, shape in expected.items():
+            actual = tuple(np.shape(getattr(self, name)))
+            if actual != shape:
+                raise ValueError(
+                    f"Graph: {name} has shape {actual}, expected {shape} for {nodes} nodes, "
+                    f"{edges} edges and {graphs} graphs (sizes read from positions, senders "
+                    "and n_node)."
+                )
+        # Counts can only be checked on concrete host arrays (not under jit).
+        if isinstance(self.n_node, np.ndarray) and int(self.n_node.sum()) != nodes:
+            raise ValueError(
+                f"Graph: n_node sums to {int(self.n_node.sum())} but there are {nodes} nodes; "
+                "every node, padding included, must belong to a graph."
+            )
+        if isinstance(self.n_edge, np.ndarray) and int(self.n_edge.sum()) != edges:
+            raise ValueError(
+                f"Graph: n_edge sums to {int(self.n_edge.sum())} but there are {edges} edges; "
+                "every edge, padding included, must belong to a graph."
+            )
+
+    @property
+    def num_nodes(self) -> int:
+        """The number of nodes, padding included (a static size)."""
+        return int(np.shape(self.positions)[0])
+
+    @property
+    def num_edges(self) -> int:
+        """The number of edges, padding included (a static size)."""
+        return int(np.shape(self.senders)[0])
+
+    @property
+    def num_graphs(self) -> int:
+        """The number of graphs, padding included (a static size)."""
+        return int(np.shape(self.n_node)[0])
+
+    def node_graph_index(self) -> Int[Array, " {self.num_nodes}"]:
+        """The graph of each node: `[0]*n_node[0] + [1]*n_node[1] + ...`.
+
+        Works under `jax.jit` (the output size is the static number of nodes).
+
+        **Returns:** an integer array of shape `[nodes]`.
+        """
+        return jnp.repeat(
+            jnp.arange(self.num_graphs),
+            jnp.asarray(self.n_node),
+            total_repeat_length=self.num_nodes,
+        )
+
+    def edge_graph_index(self) -> Int[Array, " {self.num_edges}"]:
+        """The graph of each edge: `[0]*n_edge[0] + [1]*n_edge[1] + ...`.
+
+        Works under `jax.jit` (the output size is the static number of edges).
+
+        **Returns:** an integer array of shape `[edges]`.
+        """
+        return jnp.repeat(
+            jnp.arange(self.num_graphs),
+            jnp.asarray(self.n_edge),
+            total_repeat_length=self.num_edges,
+        )
+
+    def edge_vectors(
+        self,
+        positions: Float[_Arr, "{self.num_nodes} 3"] | None = None,
+        cell: Float[_Arr, "{self.num_graphs} 3 3"] | None = None,
+    ) -> Float[Array, "{self.num_edges} 3"]:
+        """Edge vectors `pos[receivers] - pos[senders] + shifts @ cell[graph of edge]`.
+
+        The sign convention is ASE's (`D` of `ase.neighborlist.neighbor_list`) and mlip's; the
+        operations are mlip's (`pos[r] - (pos[s] - S @ C)`). Padding edges have length 0.
+
+        **Arguments:**
+
+        - `positions`: positions to use instead of `self.positions`, e.g. strained ones, so
+            that a potential can differentiate through them.
+        - `cell`: cells to use instead of `self.cell` (e.g. strained).
+
+        **Returns:** an array of shape `[edges, 3]` in the dtype of the positions (shifts and
+        cells are cast to it).
+        """
+        pos = jnp.asarray(self.positions if positions is None else positions)
+        dtype = pos.dtype
+        lattice = jnp.asarray(self.cell if cell is None else cell).astype(dtype)
+        shifts = jnp.asarray(self.shifts).astype(dtype)
+        edge_cell = jnp.repeat(
+            lattice, jnp.asarray(self.n_edge), axis=0, total_repeat_length=self.num_edges
+        )
+        shift_vectors = jnp.einsum("ei,eij->ej", shifts, edge_cell)
+        senders, receivers = jnp.asarray(self.senders), jnp.asarray(self.receivers)
+        return pos[receivers] - (pos[senders] - shift_vectors)
+
+    @classmethod
+    def from_atoms(
+        cls,
+        atoms: ase.Atoms,
+        cutoff: float,
+        *,
+        dataset_idx: int = 0,
+        charge: int | None = None,
+    ) -> "Graph":
+        """Build the graph of one structure on the host (NumPy arrays), with a neighbour list.
+
+        Edges are all directed pairs `i -> j` (both directions) with `|D| < cutoff`, periodic
+        images included (an atom's own images too, never the zero-shift self pair), as
+        `ase.neighborlist.neighbor_list("ijS", atoms, cutoff)` gives them; they are found with
+        [`eqmlip.graph.neighbour_list`][] and sorted by sender, then receiver, then shift.
+        Replaces `mlip.graph.Graph.from_chemical_system`.
+
+        **Arguments:**
+
+        - `atoms`: an `ase.Atoms`. Molecules need no cell; periodic directions need a
+            non-degenerate lattice vector; any cell size and shape works (cells smaller than the
+            cutoff give several images of a pair).
+        - `cutoff`: neighbour cutoff radius in Å, positive.
+        - `dataset_idx`: dataset (readout head) of the structure.
+        - `charge`: total charge; `None` reads `atoms.info["charge"]` (0 when absent), as
+            mlip's readers do.
+
+        **Returns:** a `Graph` with one graph, no padding, float64 positions/shifts/cell and
+        int32 integers.
+        """
+        if not isinstance(atoms, ase.Atoms):
+            raise TypeError(f"Graph.from_atoms: expected an ase.Atoms, got {type(atoms).__name__}.")
+        positions = np.asarray(atoms.positions, dtype=np.float64)
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        senders, receivers, shifts = neighbour_list(positions, cell, pbc, cutoff)
+        if charge is None:
+            charge = atoms.info.get("charge", 0)
+        charge_value = float(np.asarray(charge))
+        if charge_value != round(charge_value):
+            raise ValueError(
+                f"Graph.from_atoms: the total charge must be an integer, got {charge}."
+            )
+        n, e = len(positions), len(senders)
+        return cls(
+            positions=positions,
+            atomic_numbers=np.asarray(atoms.numbers, dtype=np.int32),
+            senders=senders,
+            receivers=receivers,
+            shifts=shifts,
+            cell=cell[None],
+            pbc=pbc[None],
+            n_node=np.array([n], dtype=np.int32),
+            n_edge=np.array([e], dtype=np.int32),
+            node_mask=np.ones(n, dtype=bool),
+            edge_mask=np.ones(e, dtype=bool),
+            graph_mask=np.ones(1, dtype=bool),
+            dataset_idx=np.array([dataset_idx], dtype=np.int32),
+            charge=np.array([round(charge_value)], dtype=np.int32),
+        )
+
+
+def _complement_basis(periodic: np.ndarray) -> np.ndarray:
+    """Orthonormal rows spanning the orthogonal complement of the rows of `periodic`."""
+    if len(periodic) == 0:
+        return np.eye(3)
+    _, _, vt = np.linalg.svd(periodic)
+    return vt[len(periodic) :]
+
+
+def neighbour_list(
+    positions: Float[np.ndarray, "nodes 3"],
+    cell: Float[np.ndarray, "3 3"],
+    pbc: Bool[np.ndarray, "3"],
+    cutoff: float,
+) -> tuple[Int[np.ndarray, " edges"], Int[np.ndarray, " edges"], Float[np.ndarray, "edges 3"]]:
+    """All directed pairs `i -> j` with `|pos[j] - pos[i] + S @ cell| < cutoff`, with matscipy.
+
+    Same edges as `ase.neighborlist.neighbor_list("ijS", ...)` (periodic self-images kept, the
+    zero-shift self pair dropped), much faster. matscipy needs a non-singular cell covering the
+    atoms, and fails on molecules without a cell (`LinAlgError`) or that are flat (a `SIGABRT`
+    in C, which cannot be caught). So each non-periodic lattice direction is replaced by a
+    direction orthogonal to the periodic ones, long enough to hold every atom with a margin of
+    `2 * cutoff` on each side (a padded bounding box for molecules). The edges do not depend on
+    that choice, since shifts along non-periodic directions are 0.
+
+    **Arguments:**
+
+    - `positions`: `[nodes, 3]` Cartesian positions (need not be wrapped into the cell).
+    - `cell`: `[3, 3]` lattice vectors as rows; only the periodic ones are used.
+    - `pbc`: `[3]` periodicity along each lattice vector.
+    - `cutoff`: cutoff radius, positive and finite.
+
+    **Returns:** `(senders, receivers, shifts)`: int32 `[edges]`, int32 `[edges]` and float64
+    `[edges, 3]` (integer values), sorted by sender, receiver, then shift.
+    """
+    cutoff = float(cutoff)
+    if not (math.isfinite(cutoff) and cutoff > 0):
+        raise ValueError(f"neighbour_list: cutoff must be positive and finite, got {cutoff}.")
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("neighbour_list: positions must be finite.")
+    if len(positions) == 0:
+        empty = np.zeros(0, dtype=np.int32)
+        return empty, empty, np.zeros((0, 3))
+
+    periodic = cell[pbc]
+    if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8 * max(cutoff, 1.0)) < len(
+        periodic
+    ):
+        raise ValueError(
+            f"neighbour_list: the periodic lattice vectors {periodic.tolist()} "
+            f"(pbc={pbc.tolist()}) are zero or linearly dependent; give every periodic "
+            "direction a proper lattice vector, or set pbc False along it."
+        )
+    work_cell = cell.copy()
+    origin = np.zeros(3)
+    axes = np.flatnonzero(~pbc)
+    for axis, direction in zip(axes, _complement_basis(periodic), strict=True):
+        projection = positions @ direction
+        low, high = float(projection.min()), float(projection.max())
+        work_cell[axis] = direction * (high - low + 4.0 * cutoff)
+        origin += direction * (low - 2.0 * cutoff)
+
+    i, j, s = matscipy.neighbours.neighbour_list(
+        "ijS",
+        positions=positions,
+        cell=np.ascontiguousarray(work_cell),
+        pbc=pbc,
+        cutoff=cutoff,
+        cell_origin=origin,
+    )
+    shifts = np.asarray(s, dtype=np.int64)
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
+    return (
+        np.asarray(i, dtype=np.int32)[order],
+        np.asarray(j, dtype=np.int32)[order],
+        shifts[order].astype(np.float64),
+    )
+
+
+def _namespace(graphs: Collection[Graph]) -> Any:
+    """NumPy when every leaf is a NumPy array (host batching), else `jax.numpy`."""
+    leaves = [leaf for g in graphs for leaf in (g.positions, g.senders, g.n_node, g.cell)]
+    return np if all(isinstance(leaf, np.ndarray) for leaf in leaves) else jnp
+
+
+def batch_graphs(graphs: Collection[Graph]) -> Graph:
+    """Concatenate graphs into one batch, offsetting `senders` and `receivers`.
+
+    Masks are concatenated too, so padded inputs stay padded (their padding is then no longer
+    at the tail). Runs in NumPy when every input is on the host, else in `jax.numpy` (also
+    under `jax.jit`). Replaces `mlip.graph.batching_helpers.batch_graphs`.
+
+    **Arguments:**
+
+    - `graphs`: a non-empty sequence of `Graph`s.
+
+    **Returns:** a `Graph` whose `n_node`, `n_edge` and per-graph fields are those of the
+    inputs, in order.
+    """
+    graphs = list(graphs)
+    if not graphs:
+        raise ValueError("batch_graphs: got no graphs; pass at least one Graph.")
+    for g in graphs:
+        if not isinstance(g, Graph):
+            raise TypeError(f"batch_graphs: expected Graphs, got {type(g).__name__}.")
+    xp = _namespace(graphs)
+    offsets = np.cumsum([0] + [g.num_nodes for g in graphs[:-1]])
+
+    def cat(name: str) -> Any:
+        return xp.concatenate([xp.asarray(getattr(g, name)) for g in graphs], axis=0)
+
+    def cat_indices(name: str) -> Any:
+        return xp.concatenate(
+            [xp.asarray(getattr(g, name)) + int(o) for g, o in zip(graphs, offsets, strict=True)],
+            axis=0,
+        )
+
+    fields = {name: cat(name) for name in _FIELDS if name not in ("senders", "receivers")}
+    return Graph(senders=cat_indices("senders"), receivers=cat_indices("receivers"), **fields)
+
+
+_FIELDS = (
+    "positions",
+    "atomic_numbers",
+    "senders",
+    "receivers",
+    "shifts",
+    "cell",
+    "pbc",
+    "n_node",
+    "n_edge",
+    "node_mask",
+    "edge_mask",
+    "graph_mask",
+    "dataset_idx",
+    "charge",
+)
+
+
+def pad_graph(graph: Graph, n_node: int, n_edge: int, n_graph: int) -> Graph:
+    """Pad a graph (or batch) to fixed sizes, so that one compiled model serves every batch.
+
+    Appends `n_node - nodes` padding nodes (position 0, atomic number 0), `n_edge - edges`
+    padding edges (zero-length self-loops on the first padding node, shift 0) and
+    `n_graph - graphs` padding graphs (cell 0, `pbc` False, charge 0, `dataset_idx` 0). The
+    first padding graph owns every padding node and edge; the others are empty. Masks are
+    `False` on padding. Padding edges and nodes therefore need at least one padding node and
+    one padding graph: `n_node >= nodes + 1` when `n_edge > edges`, and `n_graph >= graphs + 1`
+    when `n_node > nodes`. Equal sizes return an unpadded copy with all masks `True`.
+
+    Runs in NumPy when the graph is on the host, else in `jax.numpy` (also under `jax.jit`,
+    the sizes being static). Replaces `mlip.graph.batching_helpers.pad_with_graphs`, which
+    always adds a padding graph and leaves masks implicit.
+
+    **Arguments:**
+
+    - `graph`: the `Graph` to pad.
+    - `n_node`, `n_edge`, `n_graph`: the padded sizes (budgets).
+
+    **Returns:** a `Graph` with exactly `n_node` nodes, `n_edge` edges and `n_graph` graphs.
+    """
+    nodes, edges, graphs = graph.num_nodes, graph.num_edges, graph.num_graphs
+    too_small = [
+        f"{name}={budget} < {have} {what}"
+        for name, budget, have, what in (
+            ("n_node", n_node, nodes, "nodes"),
+            ("n_edge", n_edge, edges, "edges"),
+            ("n_graph", n_graph, graphs, "graphs"),
+        )
+        if budget < have
+    ]
+    if too_small:
+        raise ValueError(
+            "pad_graph: the budget is too small for the graph: "
+            + ", ".join(too_small)
+            + f". Need n_node >= {nodes}, n_edge >= {edges}, n_graph >= {graphs}."
+        )
+    pad_nodes, pad_edges, pad_graphs = n_node - nodes, n_edge - edges, n_graph - graphs
+    if pad_edges > 0 and pad_nodes == 0:
+        raise ValueError(
+            f"pad_graph: n_node={n_node} leaves no padding node to hold the {pad_edges} padding "
+            f"edges (self-loops on a padding node); need n_node >= {nodes + 1}."
+        )
+    if pad_nodes > 0 and pad_graphs == 0:
+        raise ValueError(
+            f"pad_graph: n_graph={n_graph} leaves no padding graph to hold the {pad_nodes} "
+            f"padding nodes; need n_graph >= {graphs + 1}."
+        )
+    xp = _namespace([graph])
+    current = {name: xp.asarray(getattr(graph, name)) for name in _FIELDS}
+
+    def like(name: str, shape: tuple, value: Any = 0) -> Any:
+        return xp.full(shape, value, dtype=current[name].dtype)
+
+    counts_node = [pad_nodes] + [0] * (pad_graphs - 1) if pad_graphs else []
+    counts_edge = [pad_edges] + [0] * (pad_graphs - 1) if pad_graphs else []
+    padding = {
+        "positions": like("positions", (pad_nodes, 3)),
+        "atomic_numbers": like("atomic_numbers", (pad_nodes,)),
+        "senders": like("senders", (pad_edges,), nodes),
+        "receivers": like("receivers", (pad_edges,), nodes),
+        "shifts": like("shifts", (pad_edges, 3)),
+        "cell": like("cell", (pad_graphs, 3, 3)),
+        "pbc": like("pbc", (pad_graphs, 3), False),
+        "n_node": xp.asarray(counts_node, dtype=current["n_node"].dtype),
+        "n_edge": xp.asarray(counts_edge, dtype=current["n_edge"].dtype),
+        "node_mask": like("node_mask", (pad_nodes,), False),
+        "edge_mask": like("edge_mask", (pad_edges,), False),
+        "graph_mask": like("graph_mask", (pad_graphs,), False),
+        "dataset_idx": like("dataset_idx", (pad_graphs,)),
+        "charge": like("charge", (pad_graphs,)),
+    }
+    fields = {name: xp.concatenate([current[name], padding[name]], axis=0) for name in _FIELDS}
+    return Graph(**fields)
+
+
+def _element(z: int) -> str:
+    if z == 0:
+        return "atomic number 0 (no element; padding nodes carry Z=0, so pass mask=node_mask)"
+    if 0 < z <= _MAX_Z:
+        return f"element {ase.data.chemical_symbols[z]} (Z={z})"
+    return f"atomic number {z} (no such element)"
+
+
+def _check_species(species: Any) -> tuple:
+    try:
+        values = tuple(int(z) for z in species)
+    except TypeError as error:
+        raise TypeError(
+            f"species_index: species must be a sequence of atomic numbers, got {species!r}."
+        ) from error
+    if not values:
+        raise ValueError("species_index: species is empty; give the model's atomic numbers.")
+    if any(not 1 <= z <= _MAX_Z for z in values):
+        raise ValueError(
+            f"species_index: species must be atomic numbers in 1..{_MAX_Z}, got {values}."
+        )
+    if any(a >= b for a, b in zip(values[:-1], values[1:], strict=True)):
+        raise ValueError(
+            f"species_index: species must be sorted and without repeats, got {values}; "
+            f"use {tuple(sorted(set(values)))}."
+        )
+    return values
+
+
+def species_index(
+    atomic_numbers: Int[_Arr, " nodes"],
+    species: Collection[int],
+    mask: Bool[_Arr, " nodes"] | None = None,
+) -> Int[_Arr, " nodes"]:
+    """The index of each atomic number in the sorted tuple `species`: `species[index] == Z`.
+
+    Never maps an unknown element silently to 0 (mlip's `SpeciesAssignmentBlock` does, which
+    then turns the energy into NaN). On NumPy inputs it raises a `ValueError` naming the first
+    unknown element; on JAX arrays it checks with `equinox.error_if`, so under `jax.jit` an
+    unknown element raises at run time (an `EquinoxRuntimeError`) naming it.
+
+    **Arguments:**
+
+    - `atomic_numbers`: `[nodes]` integer atomic numbers.
+    - `species`: the model's atomic numbers, sorted, without repeats (e.g. `(1, 6, 7, 8)`).
+    - `mask`: `[nodes]` booleans; entries where it is `False` (padding, `Z = 0`) are not checked
+        and get index 0. Pass `graph.node_mask` for padded graphs.
+
+    **Returns:** int32 indices `[nodes]`, NumPy for NumPy inputs, else a JAX array.
+    """
+    values = _check_species(species)
+    table = np.full(_MAX_Z + 1, -1, dtype=np.int32)
+    table[list(values)] = np.arange(len(values), dtype=np.int32)
+    known = ", ".join(ase.data.chemical_symbols[z] for z in values)
+    if isinstance(atomic_numbers, np.ndarray) and (mask is None or isinstance(mask, np.ndarray)):
+        z = atomic_numbers.astype(np.int64)
+        in_range = (z >= 0) & (z <= _MAX_Z)
+        index = np.where(in_range, table[np.clip(z, 0, _MAX_Z)], -1)
+        valid = np.ones(z.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        bad = (index < 0) & valid
+        if bad.any():
+            first = int(z[np.argmax(bad)])
+            raise ValueError(
+                f"species_index: {_element(first)} is not among the model's species ({known})."
+            )
+        return np.where(valid, index, 0).astype(np.int32)
+
+    z = jnp.asarray(atomic_numbers)
+    in_range = (z >= 0) & (z <= _MAX_Z)
+    index = jnp.where(in_range, jnp.asarray(table)[jnp.clip(z, 0, _MAX_Z)], -1)
+    valid = jnp.ones(z.shape, dtype=bool) if mask is None else jnp.asarray(mask, dtype=bool)
+    bad = (index < 0) & valid
+    if z.shape[0] == 0:
+        return index.astype(jnp.int32)
+    first = jnp.argmax(bad)
+    # One message per atomic number (the last one for anything outside 0..118), so that the
+    # error names the element even under jit, where messages must be static.
+    branch = jnp.where(in_range[first], z[first], _MAX_Z + 1)
+    messages = tuple(
+        f"species_index: {_element(k)} is not among the model's species ({known})."
+        for k in range(_MAX_Z + 1)
+    ) + (
+        f"species_index: an atomic number outside 0..{_MAX_Z} is not among the model's species "
+        f"({known}).",
+    )
+    index = eqx.branched_error_if(index, bad, branch, messages)
+    return jnp.where(valid, index, 0).astype(jnp.int32)
