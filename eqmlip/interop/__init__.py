@@ -2,6 +2,7 @@
 
 from . import (
     _layouts as _layouts,  # registers the layouts
+    _layouts_e3x as _layouts_e3x,  # registers the e3x layouts
     _layouts_mlip as _layouts_mlip,  # registers the mlip (and e3j) layouts
 )
 from ._flax import from_flax as from_flax

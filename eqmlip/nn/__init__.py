@@ -1,6 +1,7 @@
 """Equinox modules, one for each Flax class that eqmlip replaces."""
 
 from ._batch_norm import BatchNorm as BatchNorm
+from ._e3x import Dense as Dense, FusedTensor as FusedTensor, Tensor as Tensor
 from ._linear import Linear as Linear
 from ._mlp import MultiLayerPerceptron as MultiLayerPerceptron
 from ._readout import (
