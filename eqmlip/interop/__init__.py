@@ -6,3 +6,4 @@ from . import (
     _layouts_mlip as _layouts_mlip,  # registers the mlip (and e3j) layouts
 )
 from ._flax import from_flax as from_flax
+from .mlip import from_mlip as from_mlip

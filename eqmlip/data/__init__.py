@@ -1,0 +1,26 @@
+"""Data: structures and targets from ASE/extxyz, their graphs, dataset statistics, splits and
+static-shape batches.
+
+```
+file / ase.Atoms -> read_structures -> [Structure] -> split, statistics
+                                                    -> GraphLoader -> padded Batch -> model
+```
+"""
+
+from ._batching import (
+    Batch as Batch,
+    Budget as Budget,
+    GraphLoader as GraphLoader,
+    make_batch as make_batch,
+)
+from ._statistics import (
+    DatasetStatistics as DatasetStatistics,
+    split as split,
+    statistics as statistics,
+)
+from ._structure import (
+    Structure as Structure,
+    read_structures as read_structures,
+    structure_graph as structure_graph,
+    write_structures as write_structures,
+)

@@ -1,0 +1,1 @@
+"""Interatomic potentials built from eqmlip's layers."""

@@ -1,0 +1,389 @@
+"""The NequIP network over an [`eqmlip.Graph`][]: per-atom energies (and partial charges)."""
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import e3nn_jax as e3nn
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..._misc import resolve_dtype
+from ...graph import Graph, species_index
+from ...nn import MultiHeadReadoutBlock, select_head
+from ...ops.nequip import SCALAR, mask_rows, safe_norm, segment_sum
+from .blocks import NequipEmbeddingBlock, NequipLayer
+from .config import NequipConfig
+
+# mlip's constants (mlip.models.charge_utils): epsilon_0 in e^2 / (eV Angstrom), and the range
+# of PhysNet's short-distance switch.
+EPSILON_0 = 5.5263494e-3
+COULOMB_CONSTANT = 1.0 / (4.0 * math.pi * EPSILON_0)
+PHYSNET_ENVELOPE_CUTOFF = 10.0
+_MAX_Z = 118
+
+
+class NequipOutputs(NamedTuple):
+    """What [`eqmlip.models.nequip.Nequip`][] computes for a graph.
+
+    - `node_energies`: `[nodes]` per-atom energies (readout, scaling, E0s and, with the Coulomb
+        term, each atom's half of its pair energies); 0 on padding.
+    - `partial_charges`: `[nodes]` charges corrected to the total charge of their graph (0 on
+        padding), or `None`.
+    - `uncorrected_charge`: `[graphs]` the sum of the charges before the correction (mlip's
+        `non_corrected_charge`, used by charge losses), or `None`.
+    """
+
+    node_energies: Float[Array, " nodes"]
+    partial_charges: Float[Array, " nodes"] | None
+    uncorrected_charge: Float[Array, " graphs"] | None
+
+
+def _name(option: Any) -> str:
+    """An option of a (normalised) config: always a string there."""
+    assert isinstance(option, str), option
+    return option
+
+
+def _check_species(species: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(int(z) for z in species)
+    if not values or any(not 1 <= z <= _MAX_Z for z in values):
+        raise ValueError(f"Nequip: species must be atomic numbers in 1..{_MAX_Z}, got {values}.")
+    if list(values) != sorted(set(values)):
+        raise ValueError(
+            f"Nequip: species must be sorted without repeats, got {values}; use "
+            f"{tuple(sorted(set(values)))}."
+        )
+    return values
+
+
+def _atomic_energy_table(
+    atomic_energies: Mapping[int, float] | Sequence[Mapping[int, float]] | None,
+    species: tuple[int, ...],
+) -> np.ndarray:
+    """`[datasets, species]` E0s; NaN where a dataset has no E0 for a species (as mlip)."""
+    if atomic_energies is None:
+        return np.zeros((1, len(species)))
+    maps = [atomic_energies] if isinstance(atomic_energies, Mapping) else list(atomic_energies)
+    if not maps:
+        raise ValueError("Nequip: atomic_energies is an empty list; give one mapping per dataset.")
+    table = np.full((len(maps), len(species)), np.nan)
+    for d, energies in enumerate(maps):
+        if not isinstance(energies, Mapping):
+            raise TypeError(
+                "Nequip: atomic_energies must map atomic numbers to energies (or be a list of "
+                f"such mappings), got {type(energies).__name__}."
+            )
+        unknown = sorted(int(z) for z in energies if int(z) not in species)
+        if unknown:
+            raise ValueError(
+                f"Nequip: atomic_energies[{d}] has atomic numbers {unknown} that are not among "
+                f"the species {species}."
+            )
+        for z, e in energies.items():
+            table[d, species.index(int(z))] = float(e)
+    return table
+
+
+def physnet_switch(r: Float[Array, " edges"]) -> Float[Array, " edges"]:
+    """mlip's Coulomb kernel `s / sqrt(r^2 + 1) + (1 - s) / r` with PhysNet's switch
+    `s = phi(2 r / 10)`, `phi(x) = 1 - 6 x^5 + 15 x^4 - 10 x^3` for `x < 1` (else 0); the
+    `1/r` term is 0 where `r` is (close to) 0, with a finite gradient."""
+    x = 2.0 * r / PHYSNET_ENVELOPE_CUTOFF
+    s = jnp.where(x < 1.0, 1.0 - 6.0 * x**5 + 15.0 * x**4 - 10.0 * x**3, 0.0)
+    tiny = jnp.isclose(r, 0.0)
+    inverse = jnp.where(tiny, 0.0, 1.0 / jnp.where(tiny, 1.0, r))
+    return s / jnp.sqrt(r**2 + 1.0) + (1.0 - s) * inverse
+
+
+class Nequip(eqx.Module):
+    """NequIP (Batzner et al., 2022) as mlip 0.2.5 computes it: Equinox counterpart of
+    `mlip.models.nequip.network.Nequip`, on [`eqmlip.Graph`][].
+
+    For each atom `i` of species `z_i`:
+
+    $$h^{(0)} = \\mathrm{Embed}(z_i), \\quad h^{(t+1)} = \\mathrm{NequipLayer}_t(h^{(t)}), \\quad
+      E_i = \\mathrm{readout}_{d(i)}(h^{(T)}_{0e})\\,\\sigma + \\mu + E^0_{d(i), z_i}$$
+
+    with `d(i)` the dataset (head) of the atom's graph. The last layer is built with
+    `scalars_only=True`: the readout is linear in the even scalars, so the rest of that layer
+    never reaches the energy. With `predict_partial_charges`, a second readout output gives
+    charges `q_i`, corrected per graph to the total charge: `q_i -= (sum_j q_j - Q)/n`. With
+    `use_coulomb_term`, `E_i += 1/2 sum_{j} k_e q_i q_j phi(r_ij)` over the long-range edges
+    into `i`. Padding atoms get 0.
+
+    **Arguments:**
+
+    - `config`: a [`eqmlip.models.nequip.NequipConfig`][].
+    - `species`: the model's atomic numbers, sorted (mlip: `dataset_info`'s
+        `allowed_atomic_numbers`). An atom of another element is an error (raised under
+        `jax.jit` too), not mlip's silent species 0.
+    - `cutoff`: graph cutoff in Angstrom (mlip: `graph_cutoff_angstrom`).
+    - `avg_num_neighbors`: the dataset's average neighbour count, used when
+        `config.avg_num_neighbors` is `None` (mlip: `dataset_info.avg_num_neighbors`).
+    - `atomic_energies`: `{Z: E0}`, or one such mapping per dataset (then `dataset_idx` picks
+        the row); `None` means zeros. A species missing from a mapping gives NaN energies for
+        that dataset, as in mlip.
+    - `total_charges`: the total charges seen in training (mlip: `total_charge_set`), used by
+        `use_total_charge_embedding`: charge `total_charges[k]` embeds as class `k + 1`, any
+        other as the placeholder class 0.
+    - `long_range_cutoff`: cutoff of the long-range graph that the Coulomb term needs
+        (mlip: `long_range_cutoff_angstrom`; required by `use_coulomb_term`).
+    - `energy_scale`, `energy_shift`: `sigma`, `mu` above (mlip: `scaling_stdev`,
+        `scaling_mean`).
+    - `dtype`: parameter dtype; `None` is the default floating dtype.
+    - `key`: a `jax.random.PRNGKey`.
+    """
+
+    embedding: NequipEmbeddingBlock
+    layers: tuple[NequipLayer, ...]
+    readout: MultiHeadReadoutBlock
+    atomic_energies: Float[Array, "datasets species"]
+    config: NequipConfig = eqx.field(static=True)
+    species: tuple[int, ...] = eqx.field(static=True)
+    cutoff: float = eqx.field(static=True)
+    avg_num_neighbors: float = eqx.field(static=True)
+    total_charges: tuple[int, ...] | None = eqx.field(static=True)
+    long_range_cutoff: float | None = eqx.field(static=True)
+    energy_scale: float = eqx.field(static=True)
+    energy_shift: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        config: NequipConfig,
+        species: Sequence[int],
+        *,
+        cutoff: float,
+        avg_num_neighbors: float | None = None,
+        atomic_energies: Mapping[int, float] | Sequence[Mapping[int, float]] | None = None,
+        total_charges: Sequence[int] | None = None,
+        long_range_cutoff: float | None = None,
+        energy_scale: float = 1.0,
+        energy_shift: float = 0.0,
+        dtype: Any = None,
+        key: PRNGKeyArray,
+    ):
+        if not isinstance(config, NequipConfig):
+            raise TypeError(f"Nequip: config must be a NequipConfig, got {type(config).__name__}.")
+        dtype = resolve_dtype(dtype)
+        species = _check_species(species)
+        if not (math.isfinite(cutoff) and cutoff > 0):
+            raise ValueError(f"Nequip: cutoff must be positive and finite, got {cutoff}.")
+        avg = (
+            config.avg_num_neighbors if config.avg_num_neighbors is not None else avg_num_neighbors
+        )
+        if avg is None or not (math.isfinite(avg) and avg > 0):
+            raise ValueError(
+                "Nequip: avg_num_neighbors must be positive, from the config or the argument "
+                f"(the dataset's value), got {avg!r}."
+            )
+        if config.use_total_charge_embedding:
+            charges = tuple(sorted({int(q) for q in (total_charges or ())}))
+            if any(abs(q) > 50 for q in charges):
+                raise ValueError(
+                    f"Nequip: total charges must lie in -50..50 (as in mlip), got {charges}."
+                )
+        else:
+            charges = None
+        if config.use_coulomb_term:
+            if long_range_cutoff is None or not long_range_cutoff > 0:
+                raise ValueError(
+                    "Nequip: use_coulomb_term needs long_range_cutoff (the cutoff of the "
+                    f"long-range graph), got {long_range_cutoff!r}."
+                )
+        self.atomic_energies = jnp.asarray(_atomic_energy_table(atomic_energies, species), dtype)
+
+        target = config.irreps
+        ekey, rkey, *lkeys = jr.split(key, config.num_layers + 2)
+        self.embedding = NequipEmbeddingBlock(
+            len(species),
+            target,
+            l_max=config.l_max,
+            num_rbf=config.num_rbf,
+            cutoff=cutoff,
+            radial_envelope=_name(config.radial_envelope),
+            num_charges=None if charges is None else len(charges) + 1,
+            embed_activation=_name(config.embed_activation),
+            dtype=dtype,
+            key=ekey,
+        )
+        layers = []
+        source = self.embedding.irreps_out
+        for i, lkey in enumerate(lkeys):
+            layer = NequipLayer(
+                source,
+                target,
+                l_max=config.l_max,
+                num_species=len(species),
+                num_rbf=config.num_rbf,
+                avg_num_neighbors=avg,
+                radial_mlp_hidden=config.radial_mlp_hidden,
+                radial_mlp_activation=_name(config.radial_mlp_activation),
+                radial_mlp_variance_scale=config.radial_mlp_variance_scale,
+                use_residual_connection=config.use_residual_connection,
+                gate_even=_name(config.gate_nonlinearities["e"]),
+                gate_odd=_name(config.gate_nonlinearities["o"]),
+                deterministic_scatter_ops=config.deterministic_scatter_ops,
+                scalars_only=i == config.num_layers - 1,
+                dtype=dtype,
+                key=lkey,
+            )
+            layers.append(layer)
+            source = layer.irreps_out
+        self.layers = tuple(layers)
+        n_scalars = source.count(SCALAR)
+        outputs = 2 if config.predict_partial_charges else 1
+        self.readout = MultiHeadReadoutBlock(
+            config.num_readout_heads,
+            source,
+            (f"{n_scalars // 2}x0e", f"{outputs}x0e"),
+            activation=None,
+            use_equiv=True,
+            dtype=dtype,
+            key=rkey,
+        )
+        self.config = config
+        self.species = species
+        self.cutoff = float(cutoff)
+        self.avg_num_neighbors = float(avg)
+        self.total_charges = charges
+        self.long_range_cutoff = None if long_range_cutoff is None else float(long_range_cutoff)
+        self.energy_scale = float(energy_scale)
+        self.energy_shift = float(energy_shift)
+
+    def __check_init__(self):
+        if self.atomic_energies.shape[1:] != (len(self.species),):
+            raise ValueError(
+                f"Nequip: atomic_energies has shape {self.atomic_energies.shape}, expected "
+                f"(datasets, {len(self.species)})."
+            )
+
+    @property
+    def irreps_latent(self) -> e3nn.Irreps:
+        """The irreps the readout reads (the even scalars of the last layer)."""
+        return self.layers[-1].irreps_out
+
+    def __call__(
+        self,
+        graph: Graph,
+        *,
+        positions: Float[Array, "nodes 3"] | None = None,
+        cell: Float[Array, "graphs 3 3"] | None = None,
+        long_range_graph: Graph | None = None,
+    ) -> NequipOutputs:
+        """Per-atom energies (and charges) of every structure in `graph`.
+
+        **Arguments:**
+
+        - `graph`: an [`eqmlip.Graph`][] (padded or not) whose edges were built with
+            `self.cutoff`.
+        - `positions`, `cell`: override `graph.positions` and `graph.cell`, e.g. strained
+            copies to differentiate through ([`eqmlip.potential`][] does this).
+        - `long_range_graph`: the same atoms with edges within `long_range_cutoff` (e.g.
+            `Graph.from_atoms(atoms, model.long_range_cutoff)`, padded to the same number of
+            nodes and graphs); required by `use_coulomb_term`, unused otherwise.
+
+        **Returns:** a [`eqmlip.models.nequip.NequipOutputs`][], in the dtype of the positions.
+        """
+        config = self.config
+        deterministic = config.deterministic_scatter_ops
+        node_mask = jnp.asarray(graph.node_mask)
+        node_graph = graph.node_graph_index()
+        num_graphs = graph.num_graphs
+        species = jnp.asarray(
+            species_index(jnp.asarray(graph.atomic_numbers), self.species, node_mask)
+        )
+        vectors = graph.edge_vectors(positions, cell)
+        dtype = vectors.dtype
+
+        charge_index = None
+        if self.total_charges is not None:
+            node_charge = jnp.asarray(graph.charge)[node_graph]
+            table = jnp.asarray(self.total_charges, node_charge.dtype)
+            hits = node_charge[:, None] == table[None, :]
+            classes = jnp.arange(1, len(self.total_charges) + 1, dtype=jnp.int32)
+            charge_index = jnp.sum(jnp.where(hits, classes[None, :], 0), axis=1).astype(jnp.int32)
+
+        h, radial, sh = self.embedding(
+            species, vectors, charge_index=charge_index, edge_mask=jnp.asarray(graph.edge_mask)
+        )
+        senders, receivers = jnp.asarray(graph.senders), jnp.asarray(graph.receivers)
+        x: e3nn.IrrepsArray = h
+        for layer in self.layers:
+            x = layer(x, species, radial, sh, senders, receivers)
+        outputs = self.readout(x)
+        assert isinstance(outputs, e3nn.IrrepsArray)
+        dataset_idx = jnp.asarray(graph.dataset_idx)
+        selected = select_head(outputs, dataset_idx, node_graph_index=node_graph)
+        assert isinstance(selected, e3nn.IrrepsArray)
+        out = selected.array
+
+        energies = out[:, 0]
+        if (self.energy_scale, self.energy_shift) != (1.0, 0.0):
+            energies = energies * self.energy_scale + self.energy_shift
+        if config.add_atomic_energies:
+            table = jax.lax.stop_gradient(self.atomic_energies.astype(dtype))
+            if table.shape[0] == 1:
+                energies = energies + table[0][species]
+            else:
+                rows = eqx.error_if(
+                    dataset_idx,
+                    (dataset_idx < 0) | (dataset_idx >= table.shape[0]),
+                    f"Nequip: a dataset_idx is outside 0..{table.shape[0] - 1}, the rows of the "
+                    "atomic energies.",
+                )
+                energies = energies + table[rows[node_graph], species]
+
+        charges = uncorrected = None
+        if config.predict_partial_charges:
+            charges = jnp.where(node_mask, out[:, 1], 0.0)
+            uncorrected = segment_sum(charges, node_graph, num_graphs, deterministic=deterministic)
+            n_node = jnp.asarray(graph.n_node)
+            total = jnp.asarray(graph.charge).astype(dtype)
+            safe_n = jnp.where(n_node == 0, 1, n_node).astype(dtype)
+            correction = jnp.where(n_node == 0, 0.0, (uncorrected - total) / safe_n)
+            charges = jnp.where(node_mask, charges - correction[node_graph], 0.0)
+            if config.use_coulomb_term:
+                energies = energies + self._coulomb(
+                    charges, graph, long_range_graph, positions, cell
+                )
+
+        energies = jnp.where(node_mask, energies, 0.0)
+        return NequipOutputs(energies, charges, uncorrected)
+
+    def _coulomb(
+        self,
+        charges: Float[Array, " nodes"],
+        graph: Graph,
+        long_range_graph: Graph | None,
+        positions: Float[Array, "nodes 3"] | None,
+        cell: Float[Array, "graphs 3 3"] | None,
+    ) -> Float[Array, " nodes"]:
+        """Each atom's half of the Coulomb pair energies `k_e q_i q_j phi(r_ij)`."""
+        if long_range_graph is None:
+            raise ValueError(
+                "Nequip: use_coulomb_term needs long_range_graph (the same atoms with edges "
+                f"within long_range_cutoff={self.long_range_cutoff})."
+            )
+        if (long_range_graph.num_nodes, long_range_graph.num_graphs) != (
+            graph.num_nodes,
+            graph.num_graphs,
+        ):
+            raise ValueError(
+                f"Nequip: long_range_graph has {long_range_graph.num_nodes} nodes and "
+                f"{long_range_graph.num_graphs} graphs, but graph has {graph.num_nodes} and "
+                f"{graph.num_graphs}; build both from the same atoms and pad them alike."
+            )
+        vectors = long_range_graph.edge_vectors(positions, cell)
+        r = safe_norm(vectors)
+        senders = jnp.asarray(long_range_graph.senders)
+        receivers = jnp.asarray(long_range_graph.receivers)
+        pair = COULOMB_CONSTANT * charges[senders] * charges[receivers] * physnet_switch(r)
+        pair = mask_rows(pair, jnp.asarray(long_range_graph.edge_mask))
+        return 0.5 * segment_sum(
+            pair, receivers, graph.num_nodes, deterministic=self.config.deterministic_scatter_ops
+        )

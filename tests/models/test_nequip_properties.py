@@ -1,0 +1,178 @@
+"""Hypothesis properties of the NequIP potential on random molecules and crystals: symmetry,
+permutation, padding, and forces/stress as derivatives of the energy.
+
+Every graph is padded to one of a few fixed budgets, so a handful of compilations serve all
+examples.
+"""
+
+import ase
+import equinox as eqx
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from eqmlip import Graph, batch_graphs, pad_graph, testing
+from eqmlip.models.nequip import Nequip, NequipConfig
+from eqmlip.potential import Prediction, predict, strain
+
+SPECIES = (1, 6, 7, 8)
+CUTOFF = 2.5
+CONFIG = NequipConfig(target_irreps="4x0e+4x0o+2x1o+2x1e+2x2e", l_max=2, radial_mlp_hidden=(8,))
+NODE_BUDGET = 8
+EDGE_BUDGETS = (32, 128, 512, 2048)
+
+STRUCTURES = st.one_of(
+    testing.molecules(SPECIES, max_atoms=5),
+    testing.crystals(SPECIES, max_atoms=3, min_length=2.0, max_length=4.0),
+)
+
+_predict = eqx.filter_jit(predict)
+_models: dict[bool, Nequip] = {}
+
+
+def _model(x64: bool) -> Nequip:
+    """One model per precision, built once (same key, so both hold the same weights)."""
+    if x64 not in _models:
+        _models[x64] = Nequip(
+            CONFIG,
+            SPECIES,
+            cutoff=CUTOFF,
+            avg_num_neighbors=3.0,
+            atomic_energies={1: -0.5, 6: -1.0, 7: -1.5, 8: -2.0},
+            dtype=jnp.float64 if x64 else jnp.float32,
+            key=jr.PRNGKey(0),
+        )
+    return _models[x64]
+
+
+def _padded(graph: Graph, extra: int = 0) -> Graph:
+    """`graph` padded to the smallest edge budget that fits (`extra` budgets more)."""
+    fitting = [b for b in EDGE_BUDGETS if b > graph.num_edges]
+    return pad_graph(graph, NODE_BUDGET, fitting[min(extra, len(fitting) - 1)], 2)
+
+
+def _run(atoms: ase.Atoms, x64: bool = False, extra: int = 0) -> Prediction:
+    graph = _padded(Graph.from_atoms(atoms, CUTOFF), extra)
+    return _predict(_model(x64), graph)
+
+
+def _np(x) -> np.ndarray:
+    assert x is not None
+    return np.asarray(x, dtype=np.float64)
+
+
+def _real(prediction: Prediction, n: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Energy, forces and stress of the first (real) graph."""
+    return (
+        float(prediction.energy[0]),
+        _np(prediction.forces)[:n],
+        _np(prediction.stress)[0],
+    )
+
+
+def _transformed(atoms: ase.Atoms, matrix: np.ndarray, shift: np.ndarray) -> ase.Atoms:
+    out = atoms.copy()
+    out.positions = atoms.positions @ matrix.T + shift
+    if atoms.pbc.any():
+        out.set_cell(atoms.cell.array @ matrix.T, scale_atoms=False)
+    return out
+
+
+@hypothesis.given(
+    atoms=STRUCTURES,
+    matrix=testing.o3_matrices(),
+    shift=st.tuples(*[st.floats(-5.0, 5.0)] * 3),
+)
+def test_energy_invariant_and_forces_stress_equivariant(atoms, matrix, shift):
+    n = len(atoms)
+    energy, forces, stress = _real(_run(atoms), n)
+    moved = _transformed(atoms, matrix, np.asarray(shift))
+    energy2, forces2, stress2 = _real(_run(moved), n)
+    scale = 1.0 + float(np.max(np.abs(forces)))
+    assert abs(energy2 - energy) <= 1e-5 * (1.0 + abs(energy))
+    assert np.max(np.abs(forces2 - forces @ matrix.T)) <= 1e-4 * scale
+    assert np.max(np.abs(stress2 - matrix @ stress @ matrix.T)) <= 1e-4 * scale
+    assert np.all(np.isfinite(forces))
+    if not atoms.pbc.any() and Graph.from_atoms(atoms, CUTOFF).num_edges > 0:
+        assert np.max(np.abs(forces)) > 0.0  # not vacuous: the atoms interact
+
+
+@hypothesis.given(atoms=STRUCTURES, data=st.data())
+def test_permuting_atoms_permutes_forces(atoms, data):
+    n = len(atoms)
+    order = np.asarray(data.draw(st.permutations(range(n))))
+    energy, forces, stress = _real(_run(atoms), n)
+    energy2, forces2, stress2 = _real(_run(atoms[order]), n)
+    scale = 1.0 + float(np.max(np.abs(forces)))
+    assert abs(energy2 - energy) <= 1e-5 * (1.0 + abs(energy))
+    assert np.max(np.abs(forces2 - forces[order])) <= 1e-5 * scale
+    assert np.max(np.abs(stress2 - stress)) <= 1e-5 * scale
+
+
+@hypothesis.given(atoms=STRUCTURES, other=STRUCTURES)
+def test_padding_and_batching_leave_real_outputs_unchanged(atoms, other):
+    n, m = len(atoms), len(other)
+    energy, forces, stress = _real(_run(atoms), n)
+    # A larger edge budget: more padding edges.
+    energy2, forces2, stress2 = _real(_run(atoms, extra=1), n)
+    scale = 1.0 + float(np.max(np.abs(forces)))
+    assert abs(energy2 - energy) <= 1e-6 * (1.0 + abs(energy))
+    assert np.max(np.abs(forces2 - forces)) <= 1e-5 * scale
+    assert np.max(np.abs(stress2 - stress)) <= 1e-5 * scale
+    # Batched with another structure, plus padding nodes, edges and a padding graph.
+    batch = batch_graphs([Graph.from_atoms(atoms, CUTOFF), Graph.from_atoms(other, CUTOFF)])
+    budget = [b for b in EDGE_BUDGETS if b > batch.num_edges][0]
+    together = _predict(_model(False), pad_graph(batch, 2 * NODE_BUDGET, budget, 3))
+    assert abs(float(together.energy[0]) - energy) <= 1e-5 * (1.0 + abs(energy))
+    assert np.max(np.abs(_np(together.forces)[:n] - forces)) <= 1e-4 * scale
+    assert np.max(np.abs(_np(together.stress)[0] - stress)) <= 1e-4 * scale
+    alone = _run(other)
+    assert abs(float(together.energy[1]) - float(alone.energy[0])) <= 1e-5 * (
+        1.0 + abs(float(alone.energy[0]))
+    )
+    # Padding: zero energies and forces, finite everything.
+    assert float(together.energy[2]) == 0.0
+    assert not np.any(_np(together.forces)[n + m :])
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(together))
+
+
+@hypothesis.settings(max_examples=5)
+@hypothesis.given(atoms=STRUCTURES, data=st.data())
+def test_forces_and_stress_are_finite_difference_derivatives(atoms, data):
+    with jax.enable_x64(True):
+        n = len(atoms)
+        model = _model(True)
+        graph = _padded(Graph.from_atoms(atoms, CUTOFF))
+        out = _predict(model, graph)
+        pos0 = np.asarray(graph.positions, dtype=np.float64)
+        cell0 = np.asarray(graph.cell, dtype=np.float64)
+        h = 1e-5
+
+        def energy(positions, cell) -> float:
+            moved = eqx.tree_at(lambda g: (g.positions, g.cell), graph, (positions, cell))
+            return float(_predict(model, moved).energy[0])
+
+        atom = data.draw(st.integers(0, n - 1), label="atom")
+        axis = data.draw(st.integers(0, 2), label="axis")
+        step = np.zeros_like(pos0)
+        step[atom, axis] = h
+        fd = -(energy(pos0 + step, cell0) - energy(pos0 - step, cell0)) / (2 * h)
+        assert abs(fd - float(_np(out.forces)[atom, axis])) <= 1e-7
+
+        if atoms.pbc.any():
+            i, j = data.draw(st.integers(0, 2), label="i"), data.draw(st.integers(0, 2), label="j")
+            eps = np.zeros((2, 3, 3))
+            eps[0, i, j] = h
+
+            def strained(e) -> float:
+                positions, cell = strain(graph, jnp.asarray(pos0), jnp.asarray(cell0), e)
+                return energy(np.asarray(positions), np.asarray(cell))
+
+            derivative = (strained(jnp.asarray(eps)) - strained(jnp.asarray(-eps))) / (2 * h)
+            volume = abs(np.linalg.det(cell0[0]))
+            assert abs(derivative / volume - float(_np(out.stress)[0, i, j])) <= 1e-8
+        else:
+            assert not np.any(_np(out.stress)[0])

@@ -1,0 +1,319 @@
+"""eqmlip's NequIP (from_mlip + potential.predict) side by side with mlip 0.2.5's production
+path (TRAILING_CHANNELS, `ForceField` predictor) on g2 molecules and periodic crystals."""
+
+import dataclasses
+import io
+import json
+import warnings
+import zipfile
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.collections import g2
+from mlip.data.chemical_system import ChemicalSystem
+from mlip.data.dataset_info import DatasetInfo
+from mlip.graph import Graph as MlipGraph
+from mlip.graph.batching_helpers import batch_graphs as mlip_batch_graphs, pad_with_graphs
+from mlip.models import ForceField, Nequip as MlipNequip
+from mlip.models.force_field import get_dummy_graph_for_model_init
+from mlip.models.model_io import save_model_to_zip
+from mlip.models.nequip.config import NequipConfig as MlipNequipConfig
+from mlip.typing.properties import Properties
+
+from eqmlip import Graph, batch_graphs, pad_graph
+from eqmlip.interop.mlip import from_mlip
+from eqmlip.models.nequip import NequipConfig
+from eqmlip.potential import predict
+
+from ..helpers import relative_error
+
+pytestmark = pytest.mark.parity
+
+CUTOFF = 4.0
+LONG_RANGE_CUTOFF = 8.0
+E0 = {1: -13.6, 6: -1029.8, 7: -1484.9, 8: -2041.3, 14: -7.9, 29: -3.7}
+E0_OTHER = {z: 0.5 * e + 1.0 for z, e in E0.items()}
+MOLECULES = ("CH3CH2OH", "C6H6", "CH3NO2", "H2O", "NH3")
+SMALL = dict(target_irreps="8x0e+8x0o+4x1o+4x1e+2x2e+2x2o", l_max=2, radial_mlp_hidden=[16, 16])
+DEFAULT_TARGET = "128x0e + 128x0o + 64x1o + 64x1e + 4x2e + 4x2o"
+
+
+def _arr(x) -> np.ndarray:
+    """A computed property as a NumPy array (it must have been computed)."""
+    assert x is not None
+    return np.asarray(x)
+
+
+def _tolerances(x64: bool) -> tuple[float, float]:
+    """(relative energy, absolute forces/stress) tolerances."""
+    return (1e-10, 1e-10) if x64 else (1e-6, 1e-5)
+
+
+def _molecules():
+    return [g2[name] for name in MOLECULES]
+
+
+def _crystals():
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    si.rattle(0.05, seed=1)
+    si.set_cell(si.cell.array @ np.array([[1.0, 0.02, 0.0], [0.02, 0.99, 0.01], [0.0, 0.01, 1.01]]), scale_atoms=True)  # fmt: skip
+    cu = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
+    cu.rattle(0.05, seed=2)
+    return [si, cu]
+
+
+def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed: int):
+    """mlip's `ForceField.from_mlip_network`, with random parameters of the right shapes.
+
+    Flax's own `init` traces and runs the whole network eagerly (about a minute for a small
+    NequIP here); `eval_shape` gives the parameter tree for a fraction of that. Weights are
+    drawn afresh (no special initial values survive): e3j's weights, normalised at run time, as
+    `N(0, 1)`, Flax kernels with `1/sqrt(fan_in)`.
+    """
+    network = MlipNequip(config, dataset_info)
+    ForceField.validate_properties(properties, network.available_properties)
+    predictor = ForceField.get_predictor_class(properties, network.config)(
+        mlip_network=network,
+        required_properties=properties,
+        energy_head=ForceField.get_energy_head(network.config, properties, network),
+    )
+    with jax.debug_nans(False):  # see _check
+        shapes = jax.eval_shape(predictor.init, jax.random.key(0), get_dummy_graph_for_model_init())
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    keys = jax.random.split(jax.random.key(seed), len(flat))
+    leaves = []
+    for key, (path, leaf) in zip(keys, flat, strict=True):
+        name = str(getattr(path[-1], "key", path[-1]))
+        scale = 1.0 / np.sqrt(leaf.shape[0]) if name == "kernel" else 1.0
+        leaves.append(scale * jax.random.normal(key, leaf.shape, leaf.dtype))
+    return ForceField(predictor=predictor, params=jax.tree.unflatten(treedef, leaves))
+
+
+def _mlip_batch(structures, dataset_info, dataset_idx, charges):
+    graphs = []
+    for atoms, idx, charge in zip(structures, dataset_idx, charges, strict=True):
+        periodic = bool(atoms.pbc.any())
+        system = ChemicalSystem(
+            atomic_numbers=atoms.numbers,
+            positions=atoms.positions,
+            cell=np.asarray(atoms.cell.array) if periodic else None,
+            pbc=(bool(atoms.pbc[0]), bool(atoms.pbc[1]), bool(atoms.pbc[2])) if periodic else None,
+            charge=charge,
+        )
+        graph = MlipGraph.from_chemical_system(
+            system, CUTOFF, dataset_info.long_range_cutoff_angstrom
+        )
+        if not periodic:  # zero shifts, so that molecules batch with crystals
+            edges = dataclasses.replace(
+                graph.edges, shifts=np.zeros((np.shape(graph.senders)[0], 3))
+            )
+            graph = dataclasses.replace(graph, edges=edges)
+            if graph.edges_long_range is not None:
+                lr = np.zeros((np.asarray(graph.senders_long_range).shape[0], 3))
+                lr_edges = dataclasses.replace(graph.edges_long_range, shifts=lr)
+                graph = dataclasses.replace(graph, edges_long_range=lr_edges)
+        globals_ = dataclasses.replace(graph.globals, dataset_idx=np.array([idx], np.int32))
+        graph = dataclasses.replace(graph, globals=globals_)
+        graphs.append(graph)
+    batch = mlip_batch_graphs(graphs)
+    lr = None if batch.n_edge_long_range is None else int(np.sum(batch.n_edge_long_range)) + 3
+    padded = pad_with_graphs(
+        batch,
+        n_node=int(np.sum(batch.n_node)) + 1,
+        n_edge=int(np.sum(batch.n_edge)) + 3,
+        n_graph=len(graphs) + 1,
+        n_edge_long_range=lr,
+    )
+    return padded
+
+
+def _eqmlip_batch(structures, cutoff, dataset_idx, charges):
+    graphs = [
+        Graph.from_atoms(atoms, cutoff, dataset_idx=idx, charge=charge)
+        for atoms, idx, charge in zip(structures, dataset_idx, charges, strict=True)
+    ]
+    batch = batch_graphs(graphs)
+    # Padding with room to spare: two padding graphs, several padding edges.
+    return pad_graph(batch, batch.num_nodes + 2, batch.num_edges + 5, batch.num_graphs + 2)
+
+
+# (id, mlip config arguments, multi-dataset E0s, total charges, long-range graph, x64 too).
+# Each case costs a compilation of both networks, so the features are combined: the last case
+# has three layers (odd scalars reach the third), two heads picked by dataset_idx, partial
+# charges, the total-charge embedding, the Coulomb term and deterministic scatters.
+CASES = [
+    ("default-config", dict(target_irreps=DEFAULT_TARGET), False, None, False, False),
+    ("partial-charges-charge-embedding", dict(SMALL, predict_partial_charges=True, use_total_charge_embedding=True), False, {-1, 0, 1}, False, False),
+    ("3-layers-odd-scalars-2-heads-coulomb", dict(SMALL, num_layers=3, num_readout_heads=2, use_coulomb_term=True, use_total_charge_embedding=True, deterministic_scatter_ops=True), True, {-1, 0, 1}, True, True),
+]  # fmt: skip
+PARAMS = [
+    pytest.param(x64, *case[1:-1], id=f"{'x64' if x64 else 'f32'}-{case[0]}")
+    for case in CASES
+    for x64 in ((False, True) if case[-1] else (False,))
+]
+
+
+@pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")
+@pytest.mark.parametrize("x64, config_kwargs, two_datasets, total_charges, long_range", PARAMS)
+def test_nequip_matches_mlip(x64, config_kwargs, two_datasets, total_charges, long_range):
+    with jax.enable_x64(x64):
+        _check(x64, config_kwargs, two_datasets, total_charges, long_range)
+
+
+def _check(x64, config_kwargs, two_datasets, total_charges, long_range):
+    rtol_e, atol = _tolerances(x64)
+    dataset_info = DatasetInfo(
+        atomic_energies_map=[E0, E0_OTHER] if two_datasets else E0,
+        dataset_name=["a", "b"] if two_datasets else None,
+        graph_cutoff_angstrom=CUTOFF,
+        avg_num_neighbors=9.3,
+        total_charge_set=total_charges,
+        long_range_cutoff_angstrom=LONG_RANGE_CUTOFF if long_range else None,
+    )
+    config = MlipNequipConfig(**config_kwargs)
+    charges_out = config.predict_partial_charges
+    properties = Properties(stress=True, partial_charges=charges_out)
+    force_field = _force_field(config, dataset_info, properties, seed=1)
+    apply = jax.jit(force_field.predictor.apply)
+    model = from_mlip(force_field.params, config, dataset_info)
+    assert (
+        model.config.target_irreps == NequipConfig(target_irreps=config.target_irreps).target_irreps
+    )
+    run = eqx.filter_jit(predict)
+
+    # One batch (molecules, then crystals) per side: one compilation each.
+    # The full-size default network is the slowest to compile and run: fewer molecules.
+    molecules = (
+        _molecules()[:2] if config_kwargs.get("target_irreps") == DEFAULT_TARGET else _molecules()
+    )
+    structures = molecules + _crystals()
+    n = len(structures)
+    periodic = np.array([bool(a.pbc.any()) for a in structures])
+    dataset_idx = [i % 2 if two_datasets else 0 for i in range(n)]
+    charges = [(i % 3) - 1 if total_charges else 0 for i in range(n)]
+    # mlip's Coulomb kernel takes 1/r of zero-length (padding, dummy-init) edges and discards it
+    # with `where`, whose gradient then holds 0 * inf = NaN internally (its outputs are finite);
+    # the suite's jax_debug_nans flags that, so it is off for the mlip side only.
+    with jax.debug_nans(False):
+        expected = apply(
+            force_field.params, _mlip_batch(structures, dataset_info, dataset_idx, charges)
+        )
+    graph = _eqmlip_batch(structures, CUTOFF, dataset_idx, charges)
+    kwargs = {}
+    if long_range:
+        kwargs["long_range_graph"] = _eqmlip_batch(
+            structures, LONG_RANGE_CUTOFF, dataset_idx, charges
+        )
+    actual = run(model, graph, **kwargs)
+
+    nodes = int(np.sum(graph.n_node[:n]))
+    forces, stress, virial = _arr(actual.forces), _arr(actual.stress), _arr(actual.virial)
+    dtype = jnp.result_type(float)
+    assert actual.energy.dtype == forces.dtype == dtype
+    assert relative_error(actual.energy[:n], expected.globals.energy[:n]) <= rtol_e
+    assert np.max(np.abs(forces[:nodes] - np.asarray(expected.nodes.forces[:nodes]))) <= atol
+    assert np.max(np.abs(np.asarray(expected.nodes.forces[:nodes]))) > 1e-2
+    assert np.array_equal(np.asarray(actual.has_stress[:n]), periodic)
+    assert not np.any(np.asarray(actual.has_stress[n:]))
+    expected_stress = np.asarray(expected.globals.stress[:n])
+    # Crystals: the stress. Molecules: mlip divides by det(cell) replaced by 1, so its
+    # "stress" is dE/d(strain), minus eqmlip's virial; eqmlip reports no stress.
+    assert np.max(np.abs(stress[:n][periodic] - expected_stress[periodic])) <= atol
+    assert np.max(np.abs(expected_stress[periodic])) > 1e-4
+    assert np.max(np.abs(virial[:n][~periodic] + expected_stress[~periodic])) <= atol
+    assert not np.any(stress[:n][~periodic])
+    # Padding contributes nothing.
+    assert not np.any(np.asarray(actual.energy[n:]))
+    assert not np.any(forces[nodes:])
+    if charges_out:
+        q, q_ref = _arr(actual.partial_charges), np.asarray(expected.nodes.partial_charges)
+        assert np.max(np.abs(q[:nodes] - q_ref[:nodes])) <= atol
+        totals = jax.ops.segment_sum(q, graph.node_graph_index(), graph.num_graphs)
+        assert np.allclose(totals[:n], charges, atol=10 * atol)
+        dipole = _arr(actual.dipole)[:n]
+        assert np.max(np.abs(dipole - np.asarray(expected.globals.dipole_moment[:n]))) <= 10 * atol
+
+
+def test_config_fields_match_mlip():
+    ours: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(NequipConfig)}
+    theirs = MlipNequipConfig()
+    assert set(ours) == set(type(theirs).model_fields)
+    for name, default in ours.items():
+        if name == "target_irreps":
+            continue  # mlip 0.2.5's code default differs from its documented one
+        value = getattr(theirs, name)
+        value = getattr(value, "value", value)
+        if isinstance(value, dict):
+            value = {k: getattr(v, "value", v) for k, v in value.items()}
+            assert value == dict(default), name
+        elif isinstance(value, list):
+            assert tuple(value) == default, name
+        else:
+            assert value == default, name
+    assert ours["target_irreps"] == "128x0e + 128x0o + 64x1o + 64x1e + 4x2e + 4x2o"
+
+
+def test_from_mlip_refuses_mismatched_parameters():
+    dataset_info = DatasetInfo(
+        atomic_energies_map=E0, graph_cutoff_angstrom=CUTOFF, avg_num_neighbors=5.0
+    )
+    config = MlipNequipConfig(target_irreps="4x0e+2x1o", l_max=1, radial_mlp_hidden=[8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        params = _force_field(config, dataset_info, Properties(), seed=0).params
+    params = jax.tree.map(np.asarray, params)
+    from_mlip(params, config, dataset_info)  # loads
+    net = params["params"]["mlip_network"]
+
+    missing = {
+        **net,
+        "NequipLayer_1": {k: v for k, v in net["NequipLayer_1"].items() if k != "residual_block"},
+    }
+    with pytest.raises(ValueError, match="missing: NequipLayer_1/residual_block/weight0_0_1"):
+        from_mlip(missing, config, dataset_info)
+    extra = {**net, "Extra_0": {"kernel": np.zeros((2, 2))}}
+    with pytest.raises(ValueError, match="unexpected: Extra_0/kernel"):
+        from_mlip({"params": {"mlip_network": extra}}, config, dataset_info)
+    embed = {"NodeEmbeddingBlock_0": {"embed": {"embedding": np.zeros((5, 4))}}}
+    wrong = {**net, "NequipEmbeddingBlock_0": embed}
+    with pytest.raises(
+        ValueError,
+        match=r"NodeEmbeddingBlock_0/embed/embedding has shape \(5, 4\), expected \(6, 4\)",
+    ):
+        from_mlip(wrong, config, dataset_info)
+    # A model built for other species does not fit either.
+    other = DatasetInfo(atomic_energies_map={1: 0.0, 8: 0.0}, graph_cutoff_angstrom=CUTOFF)
+    with pytest.raises(ValueError, match="expected"):
+        from_mlip(params, config, other)
+
+
+def test_from_mlip_reads_mlip_model_zip(tmp_path):
+    """The same model from mlip objects and from the plain contents of mlip's model zip."""
+    dataset_info = DatasetInfo(
+        atomic_energies_map=E0,
+        graph_cutoff_angstrom=CUTOFF,
+        avg_num_neighbors=5.0,
+        total_charge_set={0, 2},
+    )
+    config = MlipNequipConfig(
+        target_irreps="4x0e+2x1o", l_max=1, radial_mlp_hidden=[8], use_total_charge_embedding=True
+    )
+    force_field = _force_field(config, dataset_info, Properties(), seed=3)
+    path = tmp_path / "model.zip"
+    save_model_to_zip(path, force_field)
+    with zipfile.ZipFile(path) as archive:
+        hyperparams = json.loads(archive.read("hyperparams.json"))
+        with archive.open("params.npz") as f:
+            npz = dict(np.load(io.BytesIO(f.read())))
+    from_objects = from_mlip(force_field, config, dataset_info)
+    from_files = from_mlip(npz, hyperparams["config"], hyperparams["dataset_info"])
+    assert from_files.config == from_objects.config
+    assert from_files.total_charges == (0, 2) and from_files.species == (1, 6, 7, 8, 14, 29)
+    leaves = jax.tree.leaves(from_objects), jax.tree.leaves(from_files)
+    assert len(leaves[0]) == len(leaves[1]) > 10
+    assert all(np.array_equal(a, b) for a, b in zip(*leaves, strict=True))
