@@ -20,7 +20,8 @@ def test_pages_have_examples():
 
 
 @pytest.mark.parametrize("source", BLOCKS)
-def test_example_runs(source):
+def test_example_runs(source, monkeypatch):
+    monkeypatch.chdir(ROOT)  # examples name files relative to the repository root
     namespace: dict = {}
     if "my_layer" in source:  # a template for the reader's own layer: fill in an equivariant one
         import e3nn_jax as e3nn

@@ -1,0 +1,133 @@
+"""An ASE calculator for eqmlip potentials, with padding capacity grown only on overflow."""
+
+import math
+import os
+from typing import Any, ClassVar
+
+import ase
+import equinox as eqx
+import jax
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .graph import Graph, pad_graph
+from .io import load_model
+from .models.nequip import Nequip
+from .potential import Prediction, predict
+
+
+class EqmlipCalculator(Calculator):
+    """ASE calculator of a [`eqmlip.models.nequip.Nequip`][] potential: `energy`,
+    `free_energy` (the same), per-atom `energies`, `forces` and, for structures with a
+    periodic direction, `stress` (Voigt order xx, yy, zz, yz, xz, xy, eV/Å³, ASE's sign:
+    positive under tension). Asking a molecule (no periodic direction) for its stress raises
+    ASE's `PropertyNotImplementedError`.
+
+    Each structure's graph is padded to a node and edge capacity, so a compiled function serves
+    every step of an MD run or an optimisation. The capacity grows (by `growth`, at least to
+    what is needed) only when a structure overflows it, and never shrinks: the number of
+    compilations stays small (see `num_compilations`).
+
+    **Arguments:**
+
+    - `model`: a `Nequip` model or the path of a model file
+        ([`eqmlip.io.load_model`][]).
+    - `dataset_idx`: the readout head to use.
+    - `growth`: factor (> 1) by which an overflowing capacity grows.
+    - `node_capacity`, `edge_capacity`: initial capacities (default: what the first structure
+        needs, times `growth`).
+    - `**kwargs`: passed to `ase.calculators.calculator.Calculator`.
+    """
+
+    implemented_properties: ClassVar[list[str]] = [  # type: ignore[misc]
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
+    ]
+
+    def __init__(
+        self,
+        model: "Nequip | str | os.PathLike[str]",
+        *,
+        dataset_idx: int = 0,
+        growth: float = 1.25,
+        node_capacity: int | None = None,
+        edge_capacity: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(model, str | os.PathLike):
+            model = load_model(model)
+        if not isinstance(model, Nequip):
+            raise TypeError(
+                f"EqmlipCalculator: model must be a Nequip model or a model file path, got "
+                f"{type(model).__name__}."
+            )
+        if not (math.isfinite(growth) and growth > 1):
+            raise ValueError(f"EqmlipCalculator: growth must be > 1, got {growth}.")
+        heads = model.config.num_readout_heads
+        if not 0 <= dataset_idx < max(heads, model.atomic_energies.shape[0]):
+            raise ValueError(
+                f"EqmlipCalculator: dataset_idx {dataset_idx} is outside 0..{heads - 1}, the "
+                "model's heads."
+            )
+        self.model = model
+        self.dataset_idx = int(dataset_idx)
+        self.growth = float(growth)
+        self.node_capacity = node_capacity
+        self.edge_capacity = edge_capacity
+        self.num_compilations = 0
+        self._dtype = np.dtype(model.atomic_energies.dtype)
+        # One jitted function per calculator; tracing it (once per padded shape) is counted.
+        self._predict_jit = eqx.filter_jit(self._traced_predict)
+
+    def _traced_predict(self, model: Nequip, graph: Graph, stress: bool) -> Prediction:
+        self.num_compilations += 1  # runs only while tracing
+        return predict(model, graph, forces=True, stress=stress)
+
+    def _capacity(self, needed: int, current: int | None) -> int:
+        if current is not None and needed <= current:
+            return current
+        grown = needed if current is None else max(needed, current)
+        return int(math.ceil(grown * self.growth))
+
+    def calculate(
+        self,
+        atoms: ase.Atoms | None = None,
+        properties: Any = ("energy",),
+        system_changes: Any = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        assert atoms is not None
+        periodic = bool(np.any(atoms.pbc))
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                "EqmlipCalculator: stress needs a periodic structure (some pbc True); this one "
+                f"has pbc={atoms.pbc.tolist()}."
+            )
+        graph = Graph.from_atoms(atoms, self.model.cutoff, dataset_idx=self.dataset_idx)
+        # One padding node (and graph) always exists, so padding edges have somewhere to go.
+        self.node_capacity = self._capacity(graph.num_nodes + 1, self.node_capacity)
+        self.edge_capacity = self._capacity(max(graph.num_edges, 1), self.edge_capacity)
+        padded = pad_graph(graph, self.node_capacity, self.edge_capacity, 2)
+        padded = jax.tree.map(
+            lambda x: x.astype(self._dtype) if np.issubdtype(x.dtype, np.floating) else x, padded
+        )
+        # Stress is always computed for periodic cells (one shape of function per kind).
+        result = self._predict_jit(self.model, padded, periodic)
+        n = len(atoms)
+        energy = float(result.energy[0])
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["energies"] = np.asarray(result.node_energies[:n], dtype=np.float64)
+        assert result.forces is not None
+        self.results["forces"] = np.asarray(result.forces[:n], dtype=np.float64)
+        if periodic:
+            assert result.stress is not None
+            s = np.asarray(result.stress[0], dtype=np.float64)
+            self.results["stress"] = np.array(
+                [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
+            )

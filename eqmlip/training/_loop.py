@@ -1,0 +1,452 @@
+"""The training loop: epochs of jitted steps, EMA evaluation, logs, checkpoints, early stopping
+and exact resume."""
+
+import csv
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+from jaxtyping import PyTree
+
+from ..data import GraphLoader
+from ..io import load_model, model_header, save_model
+from ._config import TrainConfig
+from ._loss import ERROR_SUMS, Loss, batch_error_sums
+from ._step import TrainState, cast_batch, init_state, loss_from_config, make_optimizer, train_step
+
+CHECKPOINT_FORMAT = "eqmlip-checkpoint"
+CHECKPOINT_VERSION = 1
+METRICS = (
+    "energy_mae",
+    "energy_rmse",
+    "forces_mae",
+    "forces_rmse",
+    "stress_mae",
+    "stress_rmse",
+)
+
+
+def _dtype(model: PyTree) -> Any:
+    leaves = [x for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))]
+    if not leaves:
+        raise TypeError("train: the model has no floating-point parameters.")
+    return leaves[0].dtype
+
+
+def evaluate(model: PyTree, loader: GraphLoader | Iterable, *, loss: Loss | None = None) -> dict:
+    """Error metrics of `model` over every batch of a loader (one pass, in order for a
+    `GraphLoader`: its epoch 0).
+
+    Energies are compared per atom (eV/atom), forces and stresses per component (eV/Å,
+    eV/Å³). Only real targets count (the batch masks); structure weights do not. A metric
+    whose target no structure has is `None`.
+
+    **Arguments:**
+
+    - `model`: the potential (e.g. the EMA model of a [`eqmlip.training.TrainState`][]).
+    - `loader`: a [`eqmlip.data.GraphLoader`][] or an iterable of [`eqmlip.data.Batch`][]es.
+    - `loss`: also report `"loss"`, the loss's weighted sum of the mean squared errors over
+        the whole loader (unweighted by structure).
+
+    **Returns:** `{"energy_mae", "energy_rmse", "forces_mae", "forces_rmse", "stress_mae",
+    "stress_rmse", "num_structures"[, "loss"]}`.
+    """
+    dtype = _dtype(model)
+    batches = loader.batches(0) if isinstance(loader, GraphLoader) else loader
+    totals: dict[str, float] = dict.fromkeys(ERROR_SUMS, 0.0)
+    structures = 0
+    pending = []
+    for batch in batches:
+        structures += int(np.sum(np.asarray(batch.graph.graph_mask)))
+        pending.append(batch_error_sums(model, cast_batch(batch, dtype)))
+    for sums in jax.device_get(pending):  # one transfer at the end: batches run asynchronously
+        for k in ERROR_SUMS:
+            totals[k] += float(sums[k])
+    out: dict[str, Any] = {}
+    mse = {}
+    for kind in ("energy", "forces", "stress"):
+        count = totals[f"{kind}_count"]
+        if count > 0:
+            out[f"{kind}_mae"] = totals[f"{kind}_abs"] / count
+            mse[kind] = totals[f"{kind}_sq"] / count
+            out[f"{kind}_rmse"] = math.sqrt(mse[kind])
+        else:
+            out[f"{kind}_mae"] = out[f"{kind}_rmse"] = None
+    out["num_structures"] = structures
+    if loss is not None:
+        out["loss"] = sum(
+            weight * mse.get(kind, 0.0)
+            for kind, weight in (
+                ("energy", loss.energy_weight),
+                ("forces", loss.forces_weight),
+                ("stress", loss.stress_weight),
+            )
+        )
+    return out
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands, saved with each checkpoint: the next batch to train on is batch
+    `batch` of epoch `epoch`."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best_loss: float | None = None
+    best_epoch: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+
+
+def _config_json(config: TrainConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    if out["head_weights"] is not None:
+        out["head_weights"] = list(out["head_weights"])
+    return out
+
+
+# Fields that may differ when resuming: they change neither the numerics nor the schedule.
+_RESUMABLE_CHANGES = {"quiet", "log_dir", "checkpoint_every", "patience", "eval_every"}
+
+
+def save_checkpoint(path: str, state: TrainState, progress: Progress, config: TrainConfig) -> None:
+    """Write a checkpoint: a JSON header line (progress, training config, model header) and
+    `eqx.tree_serialise_leaves(state)`; written to a temporary file, then renamed."""
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, state)
+    payload = buffer.getvalue()
+    header = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "progress": dataclasses.asdict(progress),
+        "train_config": _config_json(config),
+        "model": model_header(state.model) if _is_nequip(state.model) else None,
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload)
+    os.replace(tmp, path)
+
+
+def _is_nequip(model: Any) -> bool:
+    from ..models.nequip import Nequip
+
+    return isinstance(model, Nequip)
+
+
+def load_checkpoint(
+    path: str, like: TrainState, config: TrainConfig | None = None
+) -> tuple[TrainState, Progress]:
+    """Read a checkpoint written by [`eqmlip.training.save_checkpoint`][] into the structure of
+    `like` (a state built the same way, e.g. by [`eqmlip.training.init_state`][]).
+
+    When `config` is given, a checkpoint trained with different loss, optimizer, schedule,
+    data or EMA settings is refused (the resumed run would not match an uninterrupted one).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    newline = data.find(b"\n")
+    try:
+        header = json.loads(data[:newline].decode()) if newline >= 0 else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"load_checkpoint: {path!r} is not an eqmlip checkpoint.")
+    if header["format_version"] > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"load_checkpoint: {path!r} has checkpoint format version {header['format_version']}, "
+            f"this eqmlip reads versions up to {CHECKPOINT_VERSION}."
+        )
+    payload = data[newline + 1 :]
+    if (
+        len(payload) != header["payload_bytes"]
+        or hashlib.sha256(payload).hexdigest() != header["payload_sha256"]
+    ):
+        raise ValueError(f"load_checkpoint: {path!r} is truncated or corrupted (size or SHA-256).")
+    if config is not None:
+        saved = header["train_config"]
+        current = _config_json(config)
+        changed = sorted(
+            k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]
+        )
+        if changed:
+            raise ValueError(
+                f"load_checkpoint: {path!r} was trained with different settings for {changed} "
+                f"(saved {[saved.get(k) for k in changed]}, now {[current[k] for k in changed]}); "
+                "resume with the same configuration or start a new log_dir."
+            )
+    state = eqx.tree_deserialise_leaves(io.BytesIO(payload), like)
+    return state, Progress(**header["progress"])
+
+
+class _Logger:
+    """Appends one row per evaluation to `log.csv` and `log.jsonl` (the CSV header once)."""
+
+    def __init__(self, log_dir: str | None, columns: tuple[str, ...]):
+        self.columns = columns
+        self.csv_path = self.jsonl_path = None
+        if log_dir is not None:
+            self.csv_path = os.path.join(log_dir, "log.csv")
+            self.jsonl_path = os.path.join(log_dir, "log.jsonl")
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        if self.csv_path is None or self.jsonl_path is None:
+            return
+        new = not os.path.exists(self.csv_path)
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(self.columns)
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in self.columns])
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps({c: row.get(c) for c in self.columns}) + "\n")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What [`eqmlip.training.train`][] returns.
+
+    - `model`: the model to use: the EMA model with the best validation loss (the final EMA
+        model without validation data).
+    - `state`: the final [`eqmlip.training.TrainState`][].
+    - `history`: one dict per evaluation (the rows of the logs).
+    - `progress`: the final progress (epoch, step, best loss, whether it stopped early).
+    """
+
+    model: PyTree
+    state: TrainState
+    history: list[dict[str, Any]]
+    progress: Progress
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _make_bar(total: int, desc: str, disable: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
+
+
+def train(
+    model: PyTree,
+    train_loader: GraphLoader,
+    valid_loader: GraphLoader | None = None,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train a potential with [`eqmlip.training.train_step`][], epoch by epoch.
+
+    Each epoch `e` trains on `train_loader.batches(e)` (reproducibly shuffled by the loader's
+    seed and `e`). Every `eval_every` epochs (and after the last), the EMA model is evaluated
+    on the validation loader (else on the training loader) with
+    [`eqmlip.training.evaluate`][]; a row goes to the logs; a better validation loss saves
+    `best_model.eqx`; `patience` evaluations without improvement stop the run. The checkpoint
+    `checkpoint.eqx` is written at the end of each epoch, every `checkpoint_every` steps, when
+    `max_steps` is reached and on `KeyboardInterrupt`.
+
+    **Exact resume:** with `resume=True` and a checkpoint in `config.log_dir`, training
+    continues from the saved state at the saved batch of the saved epoch, so that stopping
+    after `k` steps and resuming gives bit for bit the parameters of an uninterrupted run on
+    the same machine. `model` is then only the skeleton the checkpoint is read into: build
+    it exactly as for the first run.
+
+    **Arguments:**
+
+    - `model`: the initial model (e.g. a [`eqmlip.models.nequip.Nequip`][] with the data's
+        E0s and average neighbour count). Its dtype is the training dtype.
+    - `train_loader`: a [`eqmlip.data.GraphLoader`][] of the training set.
+    - `valid_loader`: a loader of the validation set, or `None`.
+    - `config`: a [`eqmlip.training.TrainConfig`][] (`None`: the defaults).
+    - `resume`: continue from `config.log_dir`'s checkpoint if there is one.
+    - `max_steps`: stop (with a checkpoint) once this many steps in total have been taken.
+    - `callback`: called with each log row.
+
+    **Returns:** a [`eqmlip.training.TrainResult`][].
+    """
+    if config is None:
+        config = TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train: config must be a TrainConfig, got {type(config).__name__}.")
+    if not isinstance(train_loader, GraphLoader):
+        raise TypeError(
+            f"train: train_loader must be a GraphLoader, got {type(train_loader).__name__}."
+        )
+    if resume and config.log_dir is None:
+        raise ValueError("train: resume=True needs config.log_dir (where the checkpoint is).")
+    if max_steps is not None and max_steps < 0:
+        raise ValueError(f"train: max_steps must be >= 0 or None, got {max_steps}.")
+    dtype = _dtype(model)
+    steps_per_epoch = len(train_loader.batch_indices(0))
+    total_steps = config.epochs * steps_per_epoch
+    optimizer = _optimizer(config, total_steps)
+    schedule_lr = _lr_reader(config, total_steps)
+    loss = loss_from_config(config)
+    state = init_state(model, optimizer)
+    progress = Progress()
+    ckpt_path = best_path = None
+    if config.log_dir is not None:
+        os.makedirs(config.log_dir, exist_ok=True)
+        ckpt_path = os.path.join(config.log_dir, "checkpoint.eqx")
+        best_path = os.path.join(config.log_dir, "best_model.eqx")
+        if resume and os.path.exists(ckpt_path):
+            state, progress = load_checkpoint(ckpt_path, state, config)
+        elif not resume:
+            for name in ("log.csv", "log.jsonl", "checkpoint.eqx", "best_model.eqx"):
+                if os.path.exists(os.path.join(config.log_dir, name)):
+                    os.remove(os.path.join(config.log_dir, name))
+    best_model = state.ema_model
+    if best_path is not None and os.path.exists(best_path) and progress.best_loss is not None:
+        best_model = (
+            load_model(best_path)
+            if _is_nequip(state.ema_model)
+            else eqx.tree_deserialise_leaves(best_path, state.ema_model)
+        )
+
+    columns = ("epoch", "step", "lr", "train_loss", "train_energy", "train_forces", "train_stress")
+    columns += tuple(f"valid_{m}" for m in ("loss", *METRICS)) + ("best_loss", "time")
+    logger = _Logger(config.log_dir, columns)
+    history: list[dict[str, Any]] = []
+    disable_bar = config.quiet or not sys.stderr.isatty()
+    eval_loader = valid_loader if valid_loader is not None else train_loader
+    start_time = time.perf_counter()
+
+    def checkpoint() -> None:
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, state, progress, config)
+            if _is_nequip(state.model):
+                save_model(
+                    os.path.join(os.path.dirname(ckpt_path), "last_model.eqx"), state.ema_model
+                )
+
+    try:
+        while progress.epoch < config.epochs and not progress.stopped_early:
+            epoch = progress.epoch
+            n_batches = len(train_loader.batch_indices(epoch))
+            bar = _make_bar(n_batches, f"epoch {epoch + 1}/{config.epochs}", disable_bar)
+            bar.update(progress.batch)
+            sums = {"loss": 0.0, "energy": 0.0, "forces": 0.0, "stress": 0.0}
+            device_terms = []
+            for batch in train_loader.batches(epoch, start=progress.batch):
+                if max_steps is not None and progress.step >= max_steps:
+                    break
+                state, value, terms = train_step(
+                    state, cast_batch(batch, dtype), optimizer, loss, config.ema_decay
+                )
+                progress.batch += 1
+                progress.step += 1
+                device_terms.append((value, terms))
+                bar.update(1)
+                if not disable_bar and progress.step % 10 == 0:
+                    bar.set_postfix(
+                        loss=f"{float(value):.4g}", lr=f"{schedule_lr(progress.step):.2e}"
+                    )
+                if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+                    checkpoint()
+            bar.close()
+            for value, terms in jax.device_get(device_terms):
+                sums["loss"] += float(value)
+                for k in ("energy", "forces", "stress"):
+                    sums[k] += float(terms[k])
+            if progress.batch < n_batches:  # stopped by max_steps in the middle of the epoch
+                checkpoint()
+                break
+            progress.epoch += 1
+            progress.batch = 0
+            last = progress.epoch == config.epochs
+            if progress.epoch % config.eval_every == 0 or last:
+                metrics = evaluate(state.ema_model, eval_loader, loss=loss)
+                improved = progress.best_loss is None or metrics["loss"] < progress.best_loss
+                if improved:
+                    progress.best_loss = metrics["loss"]
+                    progress.best_epoch = progress.epoch
+                    progress.evals_without_improvement = 0
+                    best_model = state.ema_model
+                    if best_path is not None and _is_nequip(best_model):
+                        save_model(best_path, best_model, metadata={"epoch": progress.epoch})
+                    elif best_path is not None:
+                        eqx.tree_serialise_leaves(best_path, best_model)
+                else:
+                    progress.evals_without_improvement += 1
+                    if (
+                        config.patience is not None
+                        and progress.evals_without_improvement >= config.patience
+                    ):
+                        progress.stopped_early = True
+                n = max(len(device_terms), 1)
+                row = {
+                    "epoch": progress.epoch,
+                    "step": progress.step,
+                    "lr": schedule_lr(progress.step),
+                    "train_loss": sums["loss"] / n,
+                    "train_energy": sums["energy"] / n,
+                    "train_forces": sums["forces"] / n,
+                    "train_stress": sums["stress"] / n,
+                    **{f"valid_{k}": metrics.get(k) for k in ("loss", *METRICS)},
+                    "best_loss": progress.best_loss,
+                    "time": time.perf_counter() - start_time,
+                }
+                history.append(row)
+                logger.write(row)
+                if callback is not None:
+                    callback(row)
+                if not config.quiet:
+                    print(
+                        f"epoch {progress.epoch:4d}  step {progress.step:6d}  "
+                        f"train loss {_fmt(row['train_loss'])}  "
+                        f"valid loss {_fmt(metrics['loss'])}  "
+                        f"E {_fmt(metrics['energy_mae'])} eV/atom  "
+                        f"F {_fmt(metrics['forces_mae'])} eV/Å  "
+                        f"S {_fmt(metrics['stress_mae'])} eV/Å³"
+                        + ("  (early stop)" if progress.stopped_early else ""),
+                        flush=True,
+                    )
+            checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()  # the state only changes between steps, so this is a consistent point
+        raise
+    return TrainResult(
+        model=best_model if valid_loader is not None else state.ema_model,
+        state=state,
+        history=history,
+        progress=progress,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_optimizer(config: TrainConfig, total_steps: int) -> Any:
+    return make_optimizer(config, total_steps)
+
+
+def _optimizer(config: TrainConfig, total_steps: int) -> Any:
+    """One optimizer object per optimizer setting: the jitted step hashes it by identity, so
+    reusing it lets a second run (or a resumed one) in the same process skip compilation."""
+    neutral = config.replace(
+        log_dir=None, quiet=False, checkpoint_every=None, patience=None, eval_every=1
+    )
+    return _cached_optimizer(neutral, total_steps)
+
+
+def _lr_reader(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    from ._step import make_schedule
+
+    schedule = make_schedule(config, total_steps)
+    return lambda step: float(np.asarray(schedule(step)))

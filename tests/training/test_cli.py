@@ -1,0 +1,84 @@
+import json
+
+import pytest
+import yaml
+
+from eqmlip.cli import ConfigError, load_config, main, parse_overrides
+from eqmlip.data import write_structures
+from eqmlip.io import read_header
+
+TINY_ARGS = [
+    "--data.num_generated=12",
+    "--model.cutoff=3.5",
+    "--model.num_layers=1",
+    "--model.target_irreps=4x0e+2x1o",
+    "--model.l_max=1",
+    "--model.num_rbf=4",
+    "--model.radial_mlp_hidden=[8]",
+    "--train.epochs=2",
+    "--train.quiet=true",
+]
+
+
+def test_train_evaluate_md(tmp_path, capsys, alloy_structures):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump({"data": {"split": [0.5, 0.25, 0.25]}, "train": {"batch_size": 3}})
+    )
+    out_dir = tmp_path / "run"
+    assert main(["train", str(config), f"--output_dir={out_dir}", *TINY_ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "test metrics (3 structures" in printed and "force std" in printed
+    model_path = out_dir / "model.eqx"
+    header = read_header(model_path)
+    assert header["config"]["target_irreps"] == "4x0e+2x1o"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["test_metrics"]["forces_mae"] > 0
+    assert len((out_dir / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+    data = tmp_path / "data.xyz"
+    write_structures(data, alloy_structures[:3])
+    assert main(["evaluate", str(model_path), str(data), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["num_structures"] == 3 and metrics["stress_mae"] is not None
+
+    assert main(["md", str(model_path), str(data), "--steps=5", "--json"]) == 0
+    md = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert md["steps"] == 5 and md["compilations"] == 1 and md["mean_temperature_k"] > 0
+
+
+def test_overrides_are_parsed():
+    assert parse_overrides(["--train.epochs=5", "--model.l_max", "2", "--resume=true"]) == {
+        "train": {"epochs": 5},
+        "model": {"l_max": 2},
+        "resume": True,
+    }
+    config = load_config(None, ["--train.learning_rate=1e-3", "--model.radial_mlp_hidden=[4, 4]"])
+    assert config["train"]["learning_rate"] == 1e-3
+    assert config["model"]["radial_mlp_hidden"] == [4, 4]
+    assert config["train"]["epochs"] == load_config()["train"]["epochs"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train.epoch=5"], r"unknown key train\.epoch.*'epochs'"),
+        (["--optimizer=adam"], r"unknown key 'optimizer'.*'train'"),
+        (["--train=5"], "must name a key of the 'train' section"),
+        (["--train.epochs"], "has no value"),
+        (["stray"], "expected an override"),
+    ],
+    ids=["misspelt", "unknown-section", "section-value", "no-value", "positional"],
+)
+def test_bad_overrides(args, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides(args)
+
+
+def test_bad_config_exits_with_message(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  lmax: 2\n")
+    assert main(["train", str(bad)]) == 2
+    assert "unknown key model.lmax" in capsys.readouterr().err
+    assert main(["train", "--train.epochs=0", f"--output_dir={tmp_path}"]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err

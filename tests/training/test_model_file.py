@@ -1,0 +1,84 @@
+import json
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+from eqmlip.data import Budget, make_batch, structure_graph
+from eqmlip.io import FORMAT_VERSION, load_model, read_header, save_model
+from eqmlip.potential import predict
+
+from .conftest import CUTOFF
+
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.eqx"
+    save_model(path, model, metadata={"note": "tiny", "epochs": 2})
+    return path
+
+
+def test_round_trip_gives_identical_predictions(alloy_structures, model, saved):
+    loaded = load_model(saved)
+    assert loaded.config == model.config and loaded.species == model.species
+    assert (loaded.cutoff, loaded.avg_num_neighbors, loaded.energy_scale) == (
+        model.cutoff,
+        model.avg_num_neighbors,
+        model.energy_scale,
+    )
+    for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(loaded), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    structures = alloy_structures[:2]
+    batch = make_batch(
+        structures, [structure_graph(s, CUTOFF) for s in structures], Budget(17, 300, 3)
+    )
+    graph = jax.tree.map(
+        lambda x: x.astype(np.float32) if x.dtype == np.float64 else x, batch.graph
+    )
+    p, q = (eqx.filter_jit(predict)(m, graph) for m in (model, loaded))
+    assert p.forces is not None and q.forces is not None
+    assert np.array_equal(p.energy, q.energy) and np.array_equal(p.forces, q.forces)
+    header = read_header(saved)
+    assert header["format_version"] == FORMAT_VERSION
+    assert header["species"] == list(model.species)
+    assert header["metadata"] == {"note": "tiny", "epochs": 2}
+    assert header["config"]["target_irreps"] == model.config.target_irreps
+    assert header["atomic_energies"][0] == pytest.approx(np.asarray(model.atomic_energies[0]))
+
+
+def _rewrite_header(data: bytes, **changes) -> bytes:
+    line, payload = data.split(b"\n", 1)
+    header = json.loads(line)
+    header.update(changes)
+    return json.dumps(header).encode() + b"\n" + payload
+
+
+def test_newer_format_version_is_refused(saved, tmp_path):
+    path = tmp_path / "newer.eqx"
+    path.write_bytes(_rewrite_header(saved.read_bytes(), format_version=FORMAT_VERSION + 1))
+    message = f"format version {FORMAT_VERSION + 1}.*up to {FORMAT_VERSION}"
+    with pytest.raises(ValueError, match=message):
+        load_model(path)
+    with pytest.raises(ValueError, match=message):
+        read_header(path)
+
+
+def test_corrupted_files_are_refused(saved, tmp_path):
+    data = saved.read_bytes()
+    truncated = tmp_path / "truncated.eqx"
+    truncated.write_bytes(data[:-100])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        load_model(truncated)
+    flipped = bytearray(data)
+    flipped[-50] ^= 0xFF
+    corrupted = tmp_path / "corrupted.eqx"
+    corrupted.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="corrupted: the SHA-256"):
+        load_model(corrupted)
+    other = tmp_path / "other.eqx"
+    other.write_bytes(b"\x00\x01 not a model")
+    with pytest.raises(ValueError, match="not an eqmlip model file"):
+        load_model(other)
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        save_model(tmp_path / "bad.eqx", load_model(saved), metadata={"x": object()})

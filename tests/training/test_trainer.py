@@ -1,0 +1,154 @@
+import csv
+import json
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eqmlip.data import Budget, make_batch, structure_graph
+from eqmlip.io import load_model
+from eqmlip.training import (
+    Loss,
+    TrainConfig,
+    evaluate,
+    init_state,
+    make_optimizer,
+    train,
+    train_step,
+    trainable,
+)
+
+from .conftest import CUTOFF, loader, tiny_model
+
+FAST: dict[str, Any] = dict(
+    batch_size=4, num_buckets=1, learning_rate=1e-2, warmup_steps=2, quiet=True
+)
+
+
+def _batch(structures, n_graph=5):
+    graphs = [structure_graph(s, CUTOFF) for s in structures]
+    return make_batch(
+        structures, graphs, Budget(8 * (n_graph - 1) + 1, 150 * (n_graph - 1), n_graph)
+    )
+
+
+def test_loss_decreases_and_logs(alloy_structures, model, tmp_path):
+    train_set, valid_set = alloy_structures[:12], alloy_structures[12:]
+    config = TrainConfig(
+        epochs=10, ema_decay=0.5, log_dir=str(tmp_path), **{**FAST, "learning_rate": 5e-2}
+    )
+    before = evaluate(model, loader(train_set), loss=Loss())
+    result = train(model, loader(train_set), loader(valid_set, shuffle=False), config)
+    after = evaluate(result.state.ema_model, loader(train_set), loss=Loss())
+    assert after["loss"] < 0.6 * before["loss"]
+    assert after["forces_mae"] < before["forces_mae"]
+    assert result.progress.step == 10 * 3 and result.progress.epoch == 10
+
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(3, 31, 3))
+    assert lines[-1]["valid_forces_mae"] == pytest.approx(float(rows[-1]["valid_forces_mae"]))
+    assert lines[-1]["valid_loss"] == result.history[-1]["valid_loss"]
+    best = load_model(tmp_path / "best_model.eqx")
+    assert evaluate(best, loader(valid_set, shuffle=False), loss=Loss())["loss"] == pytest.approx(
+        result.progress.best_loss, rel=1e-6
+    )
+    assert (tmp_path / "checkpoint.eqx").exists()
+
+
+def test_atomic_energies_are_not_trained(alloy_structures, model):
+    mask = trainable(model)
+    assert mask.atomic_energies is False
+    optimizer = make_optimizer(TrainConfig(**FAST), 10)
+    state = init_state(model, optimizer)
+    batch = _batch(alloy_structures[:4])
+    new, loss, _ = train_step(state, batch, optimizer, Loss(), 0.9)
+    assert np.array_equal(new.model.atomic_energies, model.atomic_energies)
+    changed = jax.tree.leaves(
+        jax.tree.map(
+            lambda a, b: bool(jnp.any(a != b)), eqx.filter(new.model, mask), eqx.filter(model, mask)
+        )
+    )
+    assert all(changed) and np.isfinite(float(loss))
+    assert int(new.step) == 1
+
+
+def test_masked_targets_do_not_contribute(alloy_structures, model):
+    structures = list(alloy_structures[:4])
+    structures[1] = structures[1].replace(stress=None)
+    structures[2] = structures[2].replace(forces=None, energy=None)
+    batch = _batch(structures)
+    loss = Loss(energy_weight=1.0, forces_weight=1.0, stress_weight=1.0)
+    value, terms = eqx.filter_jit(loss)(model, batch)
+    junk_stress = batch.stress.copy()
+    junk_stress[1] = 1e3  # masked out: has_stress[1] is False
+    junk_forces = batch.forces.copy()
+    junk_forces[16:24] = 1e3  # the nodes of structure 2, whose forces are missing
+    junk_energy = batch.energy.copy()
+    junk_energy[2] = 1e3
+    junk = eqx.tree_at(
+        lambda b: (b.stress, b.forces, b.energy), batch, (junk_stress, junk_forces, junk_energy)
+    )
+    value_junk, _ = eqx.filter_jit(loss)(model, junk)
+    assert float(value_junk) == float(value)
+    # The same change on a real target does change the loss.
+    junk_stress[0] = 1e3
+    real = eqx.tree_at(lambda b: b.stress, batch, junk_stress)
+    assert float(eqx.filter_jit(loss)(model, real)[0]) > float(value) + 1.0
+    # No stress target at all: the stress term is 0, not NaN.
+    no_stress = _batch([s.replace(stress=None) for s in structures])
+    assert float(eqx.filter_jit(loss)(model, no_stress)[1]["stress"]) == 0.0
+
+
+def test_per_head_loss(alloy_structures):
+    heads = [s.replace(dataset_idx=k % 2) for k, s in enumerate(alloy_structures[:4])]
+    model = tiny_model(alloy_structures, heads=2)
+    mixed = _batch(heads)
+    only_head0 = _batch([heads[0], heads[2]])
+    loss = eqx.filter_jit(Loss(head_weights=(1.0, 0.0)))
+    value_mixed, terms_mixed = loss(model, mixed)
+    value_head0, terms_head0 = loss(model, only_head0)
+    np.testing.assert_allclose(float(value_mixed), float(value_head0), rtol=1e-5)
+    value_head1, _ = eqx.filter_jit(Loss(head_weights=(0.0, 1.0)))(model, mixed)
+    assert abs(float(value_head1) - float(value_mixed)) > 1e-6 * float(value_mixed)
+    with pytest.raises(ValueError, match="head_weights"):
+        TrainConfig(head_weights=(1.0, -1.0))
+
+
+def _leaves(tree):
+    return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+
+
+def test_resume_is_exact(alloy_structures, model, tmp_path):
+    train_set = alloy_structures[:12]  # 3 batches per epoch
+    config = TrainConfig(epochs=3, ema_decay=0.9, **FAST)
+    straight = train(model, loader(train_set), None, config.replace(log_dir=str(tmp_path / "a")))
+    resumable = config.replace(log_dir=str(tmp_path / "b"))
+    first = train(model, loader(train_set), None, resumable, max_steps=4)  # stops mid-epoch 2
+    assert first.progress.step == 4 and (first.progress.epoch, first.progress.batch) == (1, 1)
+    resumed = train(model, loader(train_set), None, resumable, resume=True)
+    assert resumed.progress.step == straight.progress.step == 9
+    for a, b in zip(_leaves(straight.state), _leaves(resumed.state), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # The first run really stopped early: its parameters differ from the final ones.
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(_leaves(first.state), _leaves(resumed.state), strict=True)
+    )
+    # A resume with different settings is refused, naming them.
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(model, loader(train_set), None, resumable.replace(learning_rate=1e-3), resume=True)
+
+
+def test_early_stopping(alloy_structures, model):
+    # A learning rate far below float32 resolution: the validation loss never improves.
+    # ema_decay=0: averaging equal parameters still rounds, which would "improve" the loss.
+    config = TrainConfig(epochs=10, patience=2, ema_decay=0.0, **{**FAST, "learning_rate": 1e-30})
+    result = train(model, loader(alloy_structures[:8]), loader(alloy_structures[12:]), config)
+    assert result.progress.stopped_early
+    assert result.progress.epoch == 3 and len(result.history) == 3
+    assert result.progress.best_epoch == 1
