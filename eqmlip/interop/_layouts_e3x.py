@@ -1,6 +1,8 @@
 """Flax parameter layouts of the e3x family, registered with `flax_slots`."""
 
-from ..nn import Dense, FusedTensor, Tensor
+from typing import Any
+
+from ..nn import Dense, FusedTensor, MessagePass, MultiHeadAttention, SelfAttention, Tensor
 from ._flax import ParamSlot, StateSlot, flax_slots
 
 
@@ -28,3 +30,60 @@ def _fused_tensor(module: FusedTensor) -> tuple[list[ParamSlot], list[StateSlot]
         ParamSlot(("params", f"kernel_{name}"), lambda m, name=name: getattr(m, f"kernel_{name}"))
         for name in names
     ], []
+
+
+def _nested(prefix: str, get_child: Any, child: Any) -> list[ParamSlot]:
+    """The slots of a submodule, under the Flax scope `prefix`."""
+    return [
+        ParamSlot(
+            ("params", prefix, *slot.path[1:]),
+            lambda m, get=slot.get: get(get_child(m)),
+        )
+        for slot in flax_slots(child)[0]
+    ]
+
+
+def _tensor_scope(tensor: Tensor | FusedTensor) -> str:
+    # e3x's `_Conv` names its product layer after its class.
+    return "fused_tensor" if isinstance(tensor, FusedTensor) else "tensor"
+
+
+@flax_slots.register
+def _message_pass(module: MessagePass) -> tuple[list[ParamSlot], list[StateSlot]]:
+    return [
+        *_nested("filter", lambda m: m.filter, module.filter),
+        *_nested(_tensor_scope(module.tensor), lambda m: m.tensor, module.tensor),
+    ], []
+
+
+def _attention(
+    module: MultiHeadAttention | SelfAttention,
+) -> tuple[list[ParamSlot], list[StateSlot]]:
+    slots = [
+        *_nested("query", lambda m: m.query, module.query),
+        *_nested("key", lambda m: m.key, module.key),
+        *_nested("value", lambda m: m.value, module.value),
+    ]
+    if module.relative_positional_encoding_kernel is not None:
+        slots.append(
+            ParamSlot(
+                ("params", "relative_positional_encoding", "kernel"),
+                lambda m: m.relative_positional_encoding_kernel,
+            )
+        )
+    if module.relative_positional_encoding_bias is not None:
+        slots.append(
+            ParamSlot(
+                ("params", "relative_positional_encoding", "bias"),
+                lambda m: m.relative_positional_encoding_bias,
+            )
+        )
+    if module.filter is not None and module.tensor is not None:
+        slots += _nested("filter", lambda m: m.filter, module.filter)
+        slots += _nested(_tensor_scope(module.tensor), lambda m: m.tensor, module.tensor)
+    slots += _nested("out", lambda m: m.out, module.out)
+    return slots, []
+
+
+flax_slots.register(MultiHeadAttention, _attention)
+flax_slots.register(SelfAttention, _attention)

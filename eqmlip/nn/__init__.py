@@ -2,6 +2,11 @@
 
 from ._batch_norm import BatchNorm as BatchNorm
 from ._e3x import Dense as Dense, FusedTensor as FusedTensor, Tensor as Tensor
+from ._e3x_message import (
+    MessagePass as MessagePass,
+    MultiHeadAttention as MultiHeadAttention,
+    SelfAttention as SelfAttention,
+)
 from ._linear import Linear as Linear
 from ._mlp import MultiLayerPerceptron as MultiLayerPerceptron
 from ._readout import (

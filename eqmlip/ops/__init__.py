@@ -1,6 +1,6 @@
 """Pure functions on arrays and static irreps; `eqmlip.nn` modules hold parameters, call these."""
 
-from . import e3x as e3x
+from . import e3x as e3x, e3x_message as e3x_message, nequip as nequip
 from .batch_norm import batch_norm as batch_norm
 from .e3x import (
     basic_bernstein as basic_bernstein,

@@ -1,0 +1,521 @@
+"""eqmlip.nn.MessagePass, MultiHeadAttention, SelfAttention and eqmlip.ops.e3x_message.
+
+Modules are built once per test module with `eqx.filter_eval_shape` and filled with NumPy
+draws (running the initialisers would compile once per parameter shape); every Hypothesis
+example of a test reuses one compiled function.
+"""
+
+import functools
+import io
+from typing import Any
+
+import equinox as eqx
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from eqmlip import ops, testing
+from eqmlip.nn import MessagePass, MultiHeadAttention, SelfAttention, Tensor
+from eqmlip.ops import e3x_message
+
+K = jr.PRNGKey
+N, F, NUM_BASIS = 4, 2, 3
+# A small directed graph (no self-pairs): sparse lists, and the same as a dense adjacency
+# whose rows are padded with N.
+DST = np.array([0, 0, 1, 1, 1, 2, 3, 3])
+SRC = np.array([1, 2, 0, 2, 3, 0, 1, 2])
+ADJ = np.array([[1, 2, N], [0, 2, 3], [0, N, N], [1, 2, N]])
+# Where each sparse edge sits in ADJ.
+DENSE_ROWS = DST
+DENSE_COLS = np.array([list(ADJ[d]).index(s) for d, s in zip(DST, SRC, strict=True)])
+Array = jax.Array
+
+
+def _filled(make, seed=0):
+    """The module `make()` builds, with N(0, 0.5^2) parameters drawn by NumPy (no compile)."""
+    skeleton = eqx.filter_eval_shape(make)
+    rng = np.random.default_rng(seed)
+
+    def fill(leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jnp.asarray(0.5 * rng.standard_normal(leaf.shape), leaf.dtype)
+        return leaf
+
+    return jax.tree.map(fill, skeleton, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+
+# (name) -> (constructor, kwargs, input descriptions (P, L, F), index form)
+MODULES: dict[str, tuple[Any, dict[str, Any], list[tuple[int, int, int]], str]] = {
+    "message-tensor": (MessagePass, dict(in_num_parity=2, in_max_degree=1, features=F, basis_max_degree=2, num_basis=NUM_BASIS), [(2, 1, F)], "sparse"),
+    "message-fused-no-pseudo": (MessagePass, dict(in_num_parity=1, in_max_degree=2, features=F, basis_max_degree=1, num_basis=NUM_BASIS, use_fused_tensor=True, include_pseudotensors=False), [(1, 2, F)], "dense"),
+    "message-standard-order": (MessagePass, dict(in_num_parity=2, in_max_degree=1, features=F, basis_max_degree=1, num_basis=NUM_BASIS, max_degree=2, cartesian_order=False), [(2, 1, F)], "dense"),
+    "self-attention-tensor": (SelfAttention, dict(in_num_parity=2, in_max_degree=1, in_features=F, basis_max_degree=1, num_basis=NUM_BASIS, num_heads=2, qkv_features=4), [(2, 1, F)], "sparse"),
+    "self-attention-fused": (SelfAttention, dict(in_num_parity=2, in_max_degree=2, in_features=F, basis_max_degree=1, num_basis=NUM_BASIS, use_fused_tensor=True), [(2, 2, F)], "dense"),
+    "cross-attention": (MultiHeadAttention, dict(q_num_parity=2, q_max_degree=2, q_features=F, kv_num_parity=1, kv_max_degree=1, kv_features=3, basis_max_degree=1, num_basis=NUM_BASIS, num_heads=2, qkv_features=4), [(2, 2, F), (1, 1, 3)], "sparse"),
+}  # fmt: skip
+
+
+@functools.cache
+def _module(name: str, x64: bool):
+    cls, kwargs, _, _ = MODULES[name]
+    with jax.enable_x64(x64):
+        return _filled(lambda: cls(**kwargs, key=K(0)), seed=len(name))
+
+
+def _indices(form: str) -> dict[str, Array]:
+    if form == "sparse":
+        return dict(dst_idx=jnp.asarray(DST, jnp.int32), src_idx=jnp.asarray(SRC, jnp.int32))
+    return dict(adj_idx=jnp.asarray(ADJ, jnp.int32))
+
+
+def _edge_vectors(pos, indices):
+    if "adj_idx" in indices:
+        return pos[jnp.minimum(indices["adj_idx"], N - 1)] - pos[:, None, :]
+    return pos[indices["src_idx"]] - pos[indices["dst_idx"]]
+
+
+def _apply(model, pos, features, cutoff, indices):
+    """Run any of the modules on a graph with positions `pos`."""
+    basis_degree = model.filter.max_degree if model.filter is not None else 1
+    cartesian = getattr(model.tensor, "cartesian_order", True)
+    basis = ops.basis(
+        _edge_vectors(pos, indices),
+        max_degree=basis_degree,
+        num=NUM_BASIS,
+        radial_fn=ops.reciprocal_bernstein,
+        cutoff_fn=functools.partial(ops.smooth_cutoff, cutoff=4.0),
+        cartesian_order=cartesian,
+    )
+    if isinstance(model, MessagePass):
+        (x,) = features
+        return model(x, basis, **indices)
+    if isinstance(model, SelfAttention):
+        (x,) = features
+        return model(x, basis, cutoff, **indices)
+    x_q, x_kv = features
+    return model(x_q, x_kv, basis, cutoff, **indices)
+
+
+@eqx.filter_jit
+def _transformed(model, pos, features, cutoff, matrix, indices):
+    """`(f(g.x), g.f(x))` for the O(3) element `matrix = s R`: positions `r @ matrix`,
+    features `x @ D(R)` and, when `s = -1`, reflected."""
+    sign = jnp.sign(jnp.linalg.det(matrix))
+    rotation = matrix * sign
+    cartesian = getattr(model.tensor, "cartesian_order", True)
+    out = _apply(model, pos, features, cutoff, indices)
+    degree = max(ops.e3x.feature_shape(x.shape)[1] for x in (*features, out))
+    wigner = ops.wigner_d(rotation, degree, cartesian_order=cartesian)
+
+    def act(x):
+        dim = x.shape[-2]
+        moved = ops.rotate(x, wigner[:dim, :dim])
+        return jnp.where(sign < 0, ops.reflect(moved), moved)
+
+    moved = _apply(model, pos @ matrix, tuple(act(x) for x in features), cutoff, indices)
+    return moved, act(out)
+
+
+def _assert_close(actual, expected, dtype):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    scale = max(np.max(np.abs(expected), initial=0.0), 1.0)
+    error = np.max(np.abs(actual - expected), initial=0.0)
+    assert error <= testing.default_tolerance(dtype) * scale, (error, scale)
+
+
+_values = st.floats(-2.0, 2.0, allow_nan=False, allow_subnormal=False)
+# Cutoff values are 0 or not tiny: with all cutoffs near 1e-38, the gradient of any softmax
+# normalisation (e3x's too) overflows through 1 / denominator**2.
+_cutoffs = st.one_of(st.just(0.0), st.floats(1e-3, 1.0))
+
+
+@st.composite
+def _graph_inputs(draw, name):
+    """Positions (away from each other), features and cutoff values; shapes fixed per module."""
+    _, _, shapes, form = MODULES[name]
+    grid = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float64) * 1.5
+    jitter = draw(hnp.arrays(np.float64, (N, 3), elements=st.floats(-0.4, 0.4)))
+    features = tuple(
+        draw(hnp.arrays(np.float64, (N, p, (lmax + 1) ** 2, f), elements=_values))
+        for p, lmax, f in shapes
+    )
+    index_shape = ADJ.shape if form == "dense" else DST.shape
+    cutoff = draw(hnp.arrays(np.float64, index_shape, elements=_cutoffs))
+    return grid + jitter, features, cutoff
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+@pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
+@hypothesis.given(data=st.data(), matrix=testing.o3_matrices())
+def test_equivariance(x64, name, data, matrix):
+    """Rotating positions and features (`x @ D(R)`) rotates the output; inverting positions
+    and reflecting features (pseudotensors keep their sign) reflects it."""
+    pos, features, cutoff = data.draw(_graph_inputs(name))
+    with jax.enable_x64(x64):
+        dtype = jnp.result_type(float)
+        model = _module(name, x64)
+        moved_out, out_moved = _transformed(
+            model,
+            jnp.asarray(pos, dtype),
+            tuple(jnp.asarray(x, dtype) for x in features),
+            jnp.asarray(cutoff, dtype),
+            jnp.asarray(matrix, dtype),
+            _indices(MODULES[name][3]),
+        )
+        assert moved_out.dtype == dtype
+        _assert_close(moved_out, out_moved, dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# Padding
+# ------------------------------------------------------------------------------------------
+
+PAD = 3
+
+
+@eqx.filter_jit
+def _padded_and_plain(model, pos, features, cutoff, pad_src, pad_cutoff):
+    """Outputs and input gradients on the plain sparse graph, then with `PAD` padding edges
+    (destination N, arbitrary sources) and on the dense graph padded with N."""
+
+    def loss_and_out(feats, indices, cut):
+        out = _apply(model, pos, feats, cut, indices)
+        return jnp.sum(out**2), out
+
+    grad = jax.grad(loss_and_out, has_aux=True)
+    plain = grad(features, _indices("sparse"), cutoff)
+    padded_indices = dict(
+        dst_idx=jnp.concatenate([jnp.asarray(DST, jnp.int32), jnp.full((PAD,), N, jnp.int32)]),
+        src_idx=jnp.concatenate([jnp.asarray(SRC, jnp.int32), pad_src]),
+    )
+    padded = grad(features, padded_indices, jnp.concatenate([cutoff, pad_cutoff]))
+    # The same graph as a dense adjacency (`ADJ` lists exactly the edges of DST/SRC).
+    dense_cutoff = jnp.zeros(ADJ.shape, cutoff.dtype).at[DENSE_ROWS, DENSE_COLS].set(cutoff)
+    dense = grad(features, _indices("dense"), dense_cutoff)
+    return plain, padded, dense
+
+
+@pytest.mark.parametrize("name", ["message-tensor", "self-attention-tensor"])
+@hypothesis.given(
+    data=st.data(),
+    pad_src=hnp.arrays(np.int32, (PAD,), elements=st.integers(0, N)),
+    pad_cutoff=hnp.arrays(np.float64, (PAD,), elements=_cutoffs),
+)
+def test_padding_changes_nothing_and_never_gives_nan(name, data, pad_src, pad_cutoff):
+    """Padding edges (sparse: destination N; dense: index N) leave the real outputs and the
+    gradients unchanged and finite (NaN checks are on in this test suite)."""
+    pos, features, cutoff = data.draw(_graph_inputs(name))
+    model = _module(name, False)
+    (g0, y0), (g1, y1), (g2, y2) = _padded_and_plain(
+        model,
+        jnp.asarray(pos, jnp.float32),
+        tuple(jnp.asarray(x, jnp.float32) for x in features),
+        jnp.asarray(cutoff, jnp.float32),
+        jnp.asarray(pad_src),
+        jnp.asarray(pad_cutoff, jnp.float32),
+    )
+    for y, g in ((y1, g1), (y2, g2)):
+        assert np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(g[0])))
+        _assert_close(y, y0, jnp.float32)
+        _assert_close(g[0], g0[0], jnp.float32)
+
+
+@functools.cache
+def _isolated_node_fn():
+    @eqx.filter_jit
+    def run(model, pos, features, cutoff):
+        def loss(feats, cut):
+            out = _apply(model, pos, feats, cut, _indices("sparse"))
+            return jnp.sum(out**2), out
+
+        return jax.grad(loss, argnums=(0, 1), has_aux=True)(features, cutoff)
+
+    return run
+
+
+@hypothesis.given(data=st.data())
+def test_all_zero_cutoff_node_is_finite_with_zero_attention(data):
+    """Every edge into node 1 has cutoff 0: its attention is 0 (output = output bias) and
+    values and gradients are finite (e3x gives NaN here)."""
+    name = "self-attention-tensor"
+    pos, features, cutoff = data.draw(_graph_inputs(name))
+    cutoff = np.where(DST == 1, 0.0, cutoff)
+    model = _module(name, False)
+    (grads, grad_cutoff), out = _isolated_node_fn()(
+        model,
+        jnp.asarray(pos, jnp.float32),
+        tuple(jnp.asarray(x, jnp.float32) for x in features),
+        jnp.asarray(cutoff, jnp.float32),
+    )
+    out = np.asarray(out)
+    assert np.all(np.isfinite(out))
+    assert np.all(np.isfinite(np.asarray(grads[0]))) and np.all(
+        np.isfinite(np.asarray(grad_cutoff))
+    )
+    bias_only = np.zeros_like(out[1])
+    bias_only[0, 0] = np.asarray(model.out.bias)
+    np.testing.assert_array_equal(out[1], bias_only)
+
+
+# ------------------------------------------------------------------------------------------
+# Pure functions
+# ------------------------------------------------------------------------------------------
+
+
+@hypothesis.given(
+    logits=hnp.arrays(np.float64, (DST.size, 2), elements=st.floats(-30.0, 30.0)),
+    mask=hnp.arrays(np.float64, (DST.size,), elements=st.sampled_from([0.0, 0.25, 1.0])),
+)
+def test_indexed_softmax_sums_to_one_or_zero(logits, mask):
+    """Per destination and head, the weights sum to 1, or are all 0 when every mask is 0."""
+    with jax.enable_x64(True):
+        weights = np.asarray(
+            e3x_message.indexed_softmax(
+                jnp.asarray(logits),
+                jnp.asarray(mask),
+                dst_idx=jnp.asarray(DST),
+                num_segments=N,
+            )
+        )
+    for node in range(N):
+        rows = DST == node
+        total = weights[rows].sum(axis=0)
+        expected = 1.0 if np.any(mask[rows] > 0) else 0.0
+        np.testing.assert_allclose(total, expected, rtol=0, atol=1e-12)
+    assert np.all(weights >= 0) and not np.any(weights[mask == 0])
+
+
+@jax.jit
+def _degree_changes(x):
+    change = e3x_message.change_max_degree_or_type
+    proper = change(x, include_pseudotensors=False)
+    return proper, change(proper, max_degree=3, include_pseudotensors=True), change(x, max_degree=1)
+
+
+def test_change_max_degree_or_type_round_trips():
+    x = jr.normal(K(0), (3, 2, 9, 2))
+    proper, back, lower = _degree_changes(x)
+    assert proper.shape == (3, 1, 9, 2)
+    # Degree l keeps the channel of parity (-1)^l: even for l = 0, 2, odd for l = 1.
+    np.testing.assert_array_equal(proper[:, 0, 0], x[:, 0, 0])
+    np.testing.assert_array_equal(proper[:, 0, 1:4], x[:, 1, 1:4])
+    np.testing.assert_array_equal(proper[:, 0, 4:], x[:, 0, 4:])
+    assert back.shape == (3, 2, 16, 2)
+    assert (
+        not np.any(back[..., 9:, :]) and not np.any(back[:, 1, 0]) and not np.any(back[:, 0, 1:4])
+    )
+    np.testing.assert_array_equal(back[:, 1, 1:4], x[:, 1, 1:4])
+    np.testing.assert_array_equal(lower, x[..., :4, :])
+
+
+def test_head_groupings():
+    x = jnp.arange(6.0)
+    # Queries/keys: feature f is in head f % 3; values: feature f uses head f // 2.
+    np.testing.assert_array_equal(e3x_message.head_split(x, 3)[:, 1], [1.0, 4.0])
+    np.testing.assert_array_equal(
+        e3x_message.head_broadcast(jnp.asarray([10.0, 20.0, 30.0]), 6), [10, 10, 20, 20, 30, 30]
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Construction, errors, transformations
+# ------------------------------------------------------------------------------------------
+
+
+def _inputs_for(name, dtype=jnp.float32):
+    _, _, shapes, form = MODULES[name]
+    pos = jnp.asarray(np.random.default_rng(0).standard_normal((N, 3)), dtype)
+    feats = tuple(jnp.ones((N, p, (lmax + 1) ** 2, f), dtype) for p, lmax, f in shapes)
+    cutoff = jnp.ones(ADJ.shape if form == "dense" else DST.shape, dtype)
+    return pos, feats, cutoff, _indices(form)
+
+
+def test_message_pass_bad_inputs_raise_clear_errors():
+    model = _module("message-tensor", False)
+    pos, (x,), _, idx = _inputs_for("message-tensor")
+    basis = jnp.ones((DST.size, 1, 9, NUM_BASIS))
+    with pytest.raises(
+        ValueError,
+        match=r"^MessagePass: expected inputs of shape \(\.\.\., 2, 4, 2\).*got \(4, 1, 4, 2\)",
+    ):
+        model(x[:, :1], basis, **idx)
+    with pytest.raises(
+        ValueError,
+        match=r"^MessagePass: expected basis of shape \(\.\.\., 1, 9, 3\).*got \(8, 1, 4, 3\)",
+    ):
+        model(x, basis[:, :, :4], **idx)
+    with pytest.raises(
+        ValueError, match=r"^MessagePass: basis must have one entry per edge.*got \(7, 1, 9, 3\)"
+    ):
+        model(x, basis[:7], **idx)
+    with pytest.raises(ValueError, match=r"^MessagePass: got both adj_idx"):
+        model(x, basis, adj_idx=jnp.asarray(ADJ), **idx)
+    with pytest.raises(ValueError, match=r"^MessagePass: no indices given"):
+        model(x, basis)
+    with pytest.raises(
+        ValueError, match=r"^MessagePass: sparse indices need both.*src_idx is None"
+    ):
+        model(x, basis, dst_idx=idx["dst_idx"])
+    with pytest.raises(TypeError, match=r"src_idx"):  # caught by jaxtyping in the tests
+        model(x, basis, dst_idx=idx["dst_idx"], src_idx=idx["src_idx"].astype(jnp.float32))
+    with pytest.raises(
+        TypeError, match=r"^MessagePass: src_idx must have an integer dtype, got float32"
+    ):
+        e3x_message.check_indices(
+            "MessagePass", adj_idx=None, dst_idx=idx["dst_idx"], src_idx=jnp.ones(8)
+        )
+    with pytest.raises(ValueError, match=r"^MessagePass: where is only used with dense indices"):
+        model(x, basis, where=jnp.ones(ADJ.shape, bool), **idx)
+    with pytest.raises(
+        ValueError,
+        match=r"^MessagePass: weights of shape \(8, 2\) do not broadcast.*\(8, 2, 4, 2\)",
+    ):
+        model(x, basis, jnp.ones((8, 2)), **idx)
+    with pytest.raises(TypeError, match=r"^MessagePass: basis and inputs must have the same dtype"):
+        with jax.enable_x64(True):
+            model(x, basis.astype(jnp.float64), **idx)
+    with pytest.raises(
+        ValueError, match=r"^MessagePass: num_segments must be a non-negative int, got -1"
+    ):
+        model(x, basis, num_segments=-1, **idx)
+
+
+def test_attention_bad_inputs_raise_clear_errors():
+    model = _module("self-attention-tensor", False)
+    pos, (x,), cutoff, idx = _inputs_for("self-attention-tensor")
+    basis = jnp.ones((DST.size, 1, 4, NUM_BASIS))
+    with pytest.raises(
+        TypeError,
+        match=r"^SelfAttention: relative positional encodings are on, so basis is required",
+    ):
+        model(x, None, cutoff, **idx)
+    with pytest.raises(
+        ValueError,
+        match=r"^SelfAttention: cutoff_value must have the shape of the index list \(8,\), got \(8, 1\)",
+    ):
+        model(x, basis, cutoff[:, None], **idx)
+    with pytest.raises(
+        ValueError,
+        match=r"^SelfAttention: expected basis of shape \(\.\.\., 1, 4, 3\).*got \(8, 1, 9, 3\)",
+    ):
+        model(x, jnp.ones((DST.size, 1, 9, NUM_BASIS)), cutoff, **idx)
+    with pytest.raises(
+        ValueError,
+        match=r"^SelfAttention: expected inputs_q of shape \(\.\.\., 2, 4, 2\).*got \(4, 2, 4, 3\)",
+    ):
+        model(jnp.ones((N, 2, 4, 3)), basis, cutoff, **idx)
+    cross = _module("cross-attention", False)
+    with pytest.raises(
+        ValueError,
+        match=r"^MultiHeadAttention: expected inputs_kv of shape \(\.\.\., 1, 4, 3\).*got \(4, 2, 9, 2\)",
+    ):
+        cross(jnp.ones((N, 2, 9, 2)), jnp.ones((N, 2, 9, 2)), basis, cutoff, **idx)
+
+
+def test_bad_construction_raises_clear_errors():
+    base = dict(
+        in_num_parity=2, in_max_degree=1, in_features=4, basis_max_degree=1, num_basis=3, key=K(0)
+    )
+    with pytest.raises(
+        ValueError, match=r"^SelfAttention: qkv_features \(4\) must be divisible by num_heads \(3\)"
+    ):
+        eqx.filter_eval_shape(lambda: SelfAttention(**{**base, "num_heads": 3}))
+    with pytest.raises(
+        ValueError,
+        match=r"^SelfAttention: relative positional encodings need the basis description",
+    ):
+        eqx.filter_eval_shape(
+            lambda: SelfAttention(
+                **{**base, "num_basis": None, "use_relative_positional_encoding_v": False}
+            )
+        )
+    with pytest.raises(
+        ValueError, match=r"^SelfAttention: num_heads must be a positive int, got 0"
+    ):
+        eqx.filter_eval_shape(lambda: SelfAttention(**{**base, "num_heads": 0}))
+    with pytest.raises(
+        ValueError,
+        match=r"^MessagePass: max_degree of the tensor product .* can be at most 2, got max_degree=3",
+    ):
+        eqx.filter_eval_shape(
+            lambda: MessagePass(
+                in_num_parity=1,
+                in_max_degree=1,
+                features=2,
+                basis_max_degree=1,
+                num_basis=3,
+                max_degree=3,
+                key=K(0),
+            )
+        )
+    with pytest.raises(ValueError, match=r"^MessagePass: num_parity must be 1 or 2, got 3"):
+        eqx.filter_eval_shape(
+            lambda: MessagePass(
+                in_num_parity=3,
+                in_max_degree=1,
+                features=2,
+                basis_max_degree=1,
+                num_basis=3,
+                key=K(0),
+            )
+        )
+    # Attention without any relative positional encoding needs no basis at all.
+    plain = eqx.filter_eval_shape(
+        lambda: SelfAttention(
+            **{
+                **base,
+                "basis_max_degree": None,
+                "num_basis": None,
+                "use_relative_positional_encoding_qk": False,
+                "use_relative_positional_encoding_v": False,
+            }
+        )
+    )
+    assert plain.filter is None and plain.relative_positional_encoding_kernel is None
+    assert (plain.num_parity, plain.max_degree, plain.out_features) == (2, 1, 4)
+
+
+def test_output_shapes_follow_e3x_rules():
+    def message(**kw):
+        return eqx.filter_eval_shape(lambda: MessagePass(features=2, num_basis=3, key=K(0), **kw))
+
+    # L_out defaults to max(L_basis, L_in); scalar P=1 inputs always give P_out = 1.
+    m = message(in_num_parity=2, in_max_degree=1, basis_max_degree=2)
+    assert (m.num_parity, m.max_degree) == (2, 2)
+    m = message(in_num_parity=1, in_max_degree=0, basis_max_degree=2, include_pseudotensors=True)
+    assert (m.num_parity, m.max_degree) == (1, 2)
+    m = message(in_num_parity=1, in_max_degree=1, basis_max_degree=1, include_pseudotensors=False)
+    assert (m.num_parity, m.max_degree, m.use_fused_tensor) == (1, 1, False)
+
+
+def test_real_initialisation_jit_grad_and_serialisation():
+    """The constructors run (default initialisers), equal arguments give equal structures,
+    gradients are finite, and a serialise round trip is exact."""
+    kwargs = MODULES["message-tensor"][1]
+    a = MessagePass(**kwargs, key=K(1))
+    b = MessagePass(**kwargs, key=K(2))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    assert isinstance(a.tensor, Tensor) and a.tensor.kernel.dtype == jnp.float32
+    assert np.any(a.filter.kernels[0])
+    pos, features, _, idx = _inputs_for("message-tensor")
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(model):
+        return jnp.sum(_apply(model, pos, features, None, idx) ** 2)
+
+    grads = jax.tree.leaves(grad(a))
+    assert grads and all(np.all(np.isfinite(g)) for g in grads)
+    assert np.any(grads[0])
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, a)
+    buffer.seek(0)
+    loaded = eqx.tree_deserialise_leaves(buffer, b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(u, v)
