@@ -4,8 +4,13 @@ logs, checkpoints, early stopping and exact resume.
 ```
 GraphLoader -> Batch -> train_step(state, batch) -> TrainState -> evaluate(ema model) -> logs
 ```
+
+Data parallelism (`num_devices` > 1): `group_batches` stacks one padded batch per device,
+`shard_batch` shards it over a `make_mesh` mesh, and `data_parallel_step` runs the same
+jitted step with the global masked-mean loss; `eqmlip.training.distributed` spans hosts.
 """
 
+from . import distributed as distributed
 from ._config import TrainConfig as TrainConfig
 from ._default import emt_alloy_dataset as emt_alloy_dataset
 from ._loop import (
@@ -18,6 +23,21 @@ from ._loop import (
     train as train,
 )
 from ._loss import Loss as Loss, batch_error_sums as batch_error_sums
+from ._parallel import (
+    StackedLoss as StackedLoss,
+    StepPlan as StepPlan,
+    data_parallel_step as data_parallel_step,
+    empty_batch as empty_batch,
+    group_batches as group_batches,
+    make_mesh as make_mesh,
+    plan_batch as plan_batch,
+    plan_epoch as plan_epoch,
+    replicate as replicate,
+    resolve_num_devices as resolve_num_devices,
+    shard_batch as shard_batch,
+    stack_batches as stack_batches,
+    to_host as to_host,
+)
 from ._step import (
     TrainState as TrainState,
     cast_batch as cast_batch,

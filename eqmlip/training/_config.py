@@ -61,6 +61,14 @@ class TrainConfig:
     - `checkpoint_every`: also write the checkpoint every this many steps (`None`: at the end
         of each epoch only).
     - `quiet`: no progress bar and no printed summary lines.
+
+    **Devices:**
+
+    - `num_devices`: local devices to train on, data-parallel (one padded batch per device
+        per step; see [`eqmlip.training.data_parallel_step`][]): `1` (default), a larger
+        int, or `-1` / `"all"` for every local device. In a multi-host run
+        ([`eqmlip.training.distributed`][]) it counts each process's devices. A step then
+        takes `num_devices` batches, so `batch_size` is per device.
     """
 
     energy_weight: float = 1.0
@@ -91,6 +99,7 @@ class TrainConfig:
     log_dir: str | None = None
     checkpoint_every: int | None = None
     quiet: bool = False
+    num_devices: int | str = 1
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -169,6 +178,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"TrainConfig: {name} must be an int >= 1 or None, got {value!r}.")
+        devices = self.num_devices
+        if devices != "all" and not (_is_int(devices) and (devices == -1 or int(devices) >= 1)):
+            raise ValueError(
+                "TrainConfig: num_devices must be an int >= 1, -1 or 'all', got "
+                f"{self.num_devices!r}."
+            )
         if self.log_dir is not None and not isinstance(self.log_dir, str):
             raise TypeError(f"TrainConfig: log_dir must be a string or None, got {self.log_dir!r}.")
 

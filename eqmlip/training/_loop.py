@@ -23,6 +23,16 @@ from ..data import GraphLoader
 from ..io import load_model, model_header, save_model
 from ._config import TrainConfig
 from ._loss import ERROR_SUMS, Loss, batch_error_sums
+from ._parallel import (
+    data_parallel_step,
+    make_mesh,
+    plan_batch,
+    plan_epoch,
+    replicate,
+    resolve_num_devices,
+    shard_batch,
+    to_host,
+)
 from ._step import TrainState, cast_batch, init_state, loss_from_config, make_optimizer, train_step
 
 CHECKPOINT_FORMAT = "eqmlip-checkpoint"
@@ -44,7 +54,13 @@ def _dtype(model: PyTree) -> Any:
     return leaves[0].dtype
 
 
-def evaluate(model: PyTree, loader: GraphLoader | Iterable, *, loss: Loss | None = None) -> dict:
+def evaluate(
+    model: PyTree,
+    loader: GraphLoader | Iterable,
+    *,
+    loss: Loss | None = None,
+    across_processes: bool = False,
+) -> dict:
     """Error metrics of `model` over every batch of a loader (one pass, in order for a
     `GraphLoader`: its epoch 0).
 
@@ -58,6 +74,9 @@ def evaluate(model: PyTree, loader: GraphLoader | Iterable, *, loss: Loss | None
     - `loader`: a [`eqmlip.data.GraphLoader`][] or an iterable of [`eqmlip.data.Batch`][]es.
     - `loss`: also report `"loss"`, the loss's weighted sum of the mean squared errors over
         the whole loader (unweighted by structure).
+    - `across_processes`: in a multi-host run, each process evaluates its own share of the
+        data and the error sums and counts are added over the processes (every process
+        gets the same metrics).
 
     **Returns:** `{"energy_mae", "energy_rmse", "forces_mae", "forces_rmse", "stress_mae",
     "stress_rmse", "num_structures"[, "loss"]}`.
@@ -73,6 +92,12 @@ def evaluate(model: PyTree, loader: GraphLoader | Iterable, *, loss: Loss | None
     for sums in jax.device_get(pending):  # one transfer at the end: batches run asynchronously
         for k in ERROR_SUMS:
             totals[k] += float(sums[k])
+    if across_processes and jax.process_count() > 1:
+        from .distributed import process_sum
+
+        summed = process_sum({**totals, "structures": float(structures)})
+        structures = int(summed.pop("structures"))
+        totals = summed
     out: dict[str, Any] = {}
     mse = {}
     for kind in ("energy", "forces", "stress"):
@@ -269,6 +294,14 @@ def train(
     the same machine. `model` is then only the skeleton the checkpoint is read into: build
     it exactly as for the first run.
 
+    **Several devices and hosts:** with `config.num_devices` other than 1, or in a
+    multi-process run, each step takes `num_devices` loader batches (per process), padded to
+    one budget and sharded over a 1-D mesh ([`eqmlip.training.plan_epoch`][],
+    [`eqmlip.training.data_parallel_step`][]); the state is replicated. In a multi-process
+    run, `train_loader` and `valid_loader` hold this process's share of the data, metrics
+    are summed over the processes, and only process 0 writes logs, checkpoints and models
+    and prints (every process reads the checkpoint on resume: use a shared file system).
+
     **Arguments:**
 
     - `model`: the initial model (e.g. a [`eqmlip.models.nequip.Nequip`][] with the data's
@@ -295,7 +328,13 @@ def train(
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"train: max_steps must be >= 0 or None, got {max_steps}.")
     dtype = _dtype(model)
-    steps_per_epoch = len(train_loader.batch_indices(0))
+    n_local = resolve_num_devices(config.num_devices)
+    parallel = n_local > 1 or jax.process_count() > 1
+    main = jax.process_index() == 0  # the one process that writes and prints
+    if parallel:
+        steps_per_epoch = len(plan_epoch(train_loader, n_local, 0))
+    else:
+        steps_per_epoch = len(train_loader.batch_indices(0))
     total_steps = config.epochs * steps_per_epoch
     optimizer = _optimizer(config, total_steps)
     schedule_lr = _lr_reader(config, total_steps)
@@ -304,15 +343,19 @@ def train(
     progress = Progress()
     ckpt_path = best_path = None
     if config.log_dir is not None:
-        os.makedirs(config.log_dir, exist_ok=True)
+        if main:
+            os.makedirs(config.log_dir, exist_ok=True)
         ckpt_path = os.path.join(config.log_dir, "checkpoint.eqx")
         best_path = os.path.join(config.log_dir, "best_model.eqx")
         if resume and os.path.exists(ckpt_path):
             state, progress = load_checkpoint(ckpt_path, state, config)
-        elif not resume:
+        elif not resume and main:
             for name in ("log.csv", "log.jsonl", "checkpoint.eqx", "best_model.eqx"):
                 if os.path.exists(os.path.join(config.log_dir, name)):
                     os.remove(os.path.join(config.log_dir, name))
+    mesh = make_mesh(n_local) if parallel else None
+    if mesh is not None:
+        state = replicate(state, mesh)
     best_model = state.ema_model
     if best_path is not None and os.path.exists(best_path) and progress.best_loss is not None:
         best_model = (
@@ -323,14 +366,14 @@ def train(
 
     columns = ("epoch", "step", "lr", "train_loss", "train_energy", "train_forces", "train_stress")
     columns += tuple(f"valid_{m}" for m in ("loss", *METRICS)) + ("best_loss", "time")
-    logger = _Logger(config.log_dir, columns)
+    logger = _Logger(config.log_dir if main else None, columns)
     history: list[dict[str, Any]] = []
-    disable_bar = config.quiet or not sys.stderr.isatty()
+    disable_bar = config.quiet or not sys.stderr.isatty() or not main
     eval_loader = valid_loader if valid_loader is not None else train_loader
     start_time = time.perf_counter()
 
     def checkpoint() -> None:
-        if ckpt_path is not None:
+        if ckpt_path is not None and main:
             save_checkpoint(ckpt_path, state, progress, config)
             if _is_nequip(state.model):
                 save_model(
@@ -340,17 +383,29 @@ def train(
     try:
         while progress.epoch < config.epochs and not progress.stopped_early:
             epoch = progress.epoch
-            n_batches = len(train_loader.batch_indices(epoch))
+            if parallel:
+                assert mesh is not None
+                plans = plan_epoch(train_loader, n_local, epoch)
+                n_batches = len(plans)
+                batches: Iterable = (
+                    shard_batch(cast_batch(plan_batch(train_loader, plan), dtype), mesh)
+                    for plan in plans[progress.batch :]
+                )
+                step_fn: Callable = data_parallel_step
+            else:
+                n_batches = len(train_loader.batch_indices(epoch))
+                batches = (
+                    cast_batch(b, dtype) for b in train_loader.batches(epoch, start=progress.batch)
+                )
+                step_fn = train_step
             bar = _make_bar(n_batches, f"epoch {epoch + 1}/{config.epochs}", disable_bar)
             bar.update(progress.batch)
             sums = {"loss": 0.0, "energy": 0.0, "forces": 0.0, "stress": 0.0}
             device_terms = []
-            for batch in train_loader.batches(epoch, start=progress.batch):
+            for batch in batches:
                 if max_steps is not None and progress.step >= max_steps:
                     break
-                state, value, terms = train_step(
-                    state, cast_batch(batch, dtype), optimizer, loss, config.ema_decay
-                )
+                state, value, terms = step_fn(state, batch, optimizer, loss, config.ema_decay)
                 progress.batch += 1
                 progress.step += 1
                 device_terms.append((value, terms))
@@ -373,16 +428,18 @@ def train(
             progress.batch = 0
             last = progress.epoch == config.epochs
             if progress.epoch % config.eval_every == 0 or last:
-                metrics = evaluate(state.ema_model, eval_loader, loss=loss)
+                # A replicated model is evaluated from a host copy, on one device per process.
+                ema = to_host(state.ema_model) if parallel else state.ema_model
+                metrics = evaluate(ema, eval_loader, loss=loss, across_processes=parallel)
                 improved = progress.best_loss is None or metrics["loss"] < progress.best_loss
                 if improved:
                     progress.best_loss = metrics["loss"]
                     progress.best_epoch = progress.epoch
                     progress.evals_without_improvement = 0
                     best_model = state.ema_model
-                    if best_path is not None and _is_nequip(best_model):
+                    if best_path is not None and main and _is_nequip(best_model):
                         save_model(best_path, best_model, metadata={"epoch": progress.epoch})
-                    elif best_path is not None:
+                    elif best_path is not None and main:
                         eqx.tree_serialise_leaves(best_path, best_model)
                 else:
                     progress.evals_without_improvement += 1
@@ -408,7 +465,7 @@ def train(
                 logger.write(row)
                 if callback is not None:
                     callback(row)
-                if not config.quiet:
+                if not config.quiet and main:
                     print(
                         f"epoch {progress.epoch:4d}  step {progress.step:6d}  "
                         f"train loss {_fmt(row['train_loss'])}  "
