@@ -848,27 +848,9 @@ class SelfAttention(_Attention):
     """Equivariant self-attention on e3x features: Equinox counterpart of
     `e3x.nn.SelfAttention` ([`eqmlip.nn.MultiHeadAttention`][] with `x_q = x_kv`).
 
-    With queries `q = Dense_query(x_q)`, keys `k = Dense_key(x_kv)` (both restricted to the
-    common `P` and `L` of the two inputs), values `v = Dense_value(x_kv)`, and `H` heads:
-
-    $$s_{ij,h} = \\sum_{c,l,m,f:\\ f \\bmod H = h} \\frac{q_{i,clmf}\\, k_{j,clmf}\\,
-        r_{ij,clf}}{\\sqrt{P (L+1)^2 F_{qkv}/H}}, \\qquad
-      a_{ij,h} = \\frac{c_{ij}\\, e^{s_{ij,h}}}{\\sum_{j'} c_{ij'}\\, e^{s_{ij',h}}}$$
-
-    $$y_i = \\mathrm{Dense}_{\\mathrm{out}}\\Big(\\sum_j \\mathrm{Tensor}\\big(
-        \\mathrm{Dense}_{\\mathrm{filter}}(b_{ij}),\\, a_{ij,\\lfloor f H / F_{qkv}
-        \\rfloor}\\, v_{j}\\big)\\Big)$$
-
-    where `r = Dense(b[..., 0, 0, :])` is the relative positional encoding of queries and
-    keys (1 without it), `c` the optional `cutoff_value` and the `Tensor` term is the
-    relative positional encoding of the values (identity without it). As in e3x, queries and
-    keys group features into heads by `f % H` but the attention weights are spread onto the
-    values by `f // (F_qkv / H)`: the two groupings differ, and both are reproduced exactly.
-
-    Deliberate difference from e3x: a node whose every edge has `cutoff_value` 0 gets zero
-    attention (its output is the output layer's bias) instead of e3x's NaN; padding never
-    gives NaN, in values or gradients. Also as for [`eqmlip.nn.MessagePass`][]: float32
-    inputs keep float32 outputs under `jax_enable_x64`, all inputs share one dtype.
+    The computation, the head grouping and the deliberate differences from e3x (finite output
+    where every cutoff is 0, float32 kept under x64) are those of
+    [`eqmlip.nn.MultiHeadAttention`][], with one input for queries, keys and values.
 
     Built eagerly: the descriptions of the inputs and of the basis are constructor arguments.
     Given the same weights, the output equals e3x's. Parameters have e3x's names (`query`,
@@ -878,22 +860,8 @@ class SelfAttention(_Attention):
     **Arguments:**
 
     - `in_num_parity`, `in_max_degree`, `in_features`: `P`, `L`, `F` of `inputs`.
-    - `basis_max_degree`, `num_basis`: the basis `(..., 1, (L_basis+1)**2, K)`; required
-        when a relative positional encoding is used.
-    - `max_degree`: `L` of the values after the relative positional encoding (e3x:
-        `max_degree`; default `max(L_basis, L_kv)`); unused without it.
-    - `use_basis_bias`, `include_pseudotensors`, `cartesian_order`, `use_fused_tensor`,
-        `dtype`, `precision`, `dense_kernel_init`, `dense_bias_init`, `tensor_kernel_init`:
-        as for [`eqmlip.nn.MessagePass`][] (they configure the value encoding `filter` and
-        `tensor`; `dense_*` also initialise `relative_positional_encoding`).
-    - `num_heads`: `H` (default 1); `qkv_features` must be divisible by it.
-    - `qkv_features`: features of queries, keys and values (default: `F` of the queries).
-    - `out_features`: features of the output (default: `F` of the queries).
-    - `use_relative_positional_encoding_qk`, `use_relative_positional_encoding_v`: e3x's
-        flags (default `True`); either needs a basis.
-    - `{query,key,value,output}_kernel_init`, `{...}_bias_init`, `{...}_use_bias`: the
-        four `Dense` layers' initialisers and biases (e3x's arguments; biases default to
-        `False`, `False`, `False`, `True`).
+    - every other argument: as for [`eqmlip.nn.MultiHeadAttention`][] (same names and
+        defaults).
     - `key`: a `jax.random.PRNGKey`.
     """
 
