@@ -512,7 +512,8 @@ def tensor_product_messages(
       Y^{l_2}[e, m_2]$$
 
     with `C' = C sqrt(2 l0 + 1) / avg_num_neighbors`. Paths whose `l1` or `l2` is 0 have a
-    diagonal `C'` and are computed as a product by one constant.
+    diagonal `C'` and are computed as a product by one constant. `Y^0` is 1 in this
+    normalisation and is not read.
     """
     edges = x_edges.shape[0]
     dtype = x_edges.dtype
@@ -523,8 +524,8 @@ def tensor_product_messages(
         x = x_edges[:, slices[p.i_in]].reshape(edges, p.mul, d1)
         y = sh[:, p.l2**2 : (p.l2 + 1) ** 2]
         coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
-        if p.l2 == 0:  # C'[a, b, 0] = c delta_ab, Y^0 = 1
-            m = x * (_diagonal_constant(coef[:, :, 0]) * y[:, None, :])
+        if p.l2 == 0:  # C'[a, b, 0] = c delta_ab; Y^0 = 1 is not read (its gradient is waste)
+            m = x * _diagonal_constant(coef[:, :, 0])
         elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
             m = x * (_diagonal_constant(coef[:, 0, :]) * y)[:, None, :]
         else:
@@ -560,6 +561,114 @@ def convolution(
         avg_num_neighbors=avg_num_neighbors,
     )
     return segment_sum(messages, receivers, x.shape[0], deterministic=deterministic)
+
+
+def premixes(path: ConvPath, block: LinearBlock) -> bool:
+    """Whether [`eqmlip.ops.nequip.interaction`][] applies linear_out to `path` on the edges.
+
+    A path from a scalar input (`l1 = 0`) has messages `s[e, u] Y^{l0}[e]`: mixing the copies
+    `u` commutes with the product by `Y`, so linear_out can act on `s` before the scatter.
+    That pays when the block's output multiplicity is below the path's (fewer columns to
+    multiply, scatter and differentiate), e.g. the default first layer's `128 -> 4x2e`.
+    """
+    return path.l1 == 0 and block.mul_out < path.mul
+
+
+def interaction(
+    x: Float[Array, "nodes dim_in"],
+    sh: Float[Array, "edges sh_dim"],
+    weights: Float[Array, "edges num_weights"],
+    senders: Int[Array, " edges"],
+    receivers: Int[Array, " edges"],
+    linear_out_weights: Sequence[Float[Array, "_ _"]],
+    *,
+    irreps_in: e3nn.Irreps,
+    paths: Sequence[ConvPath],
+    linear_out_blocks: Sequence[LinearBlock],
+    avg_num_neighbors: float,
+    deterministic: bool = False,
+) -> Float[Array, "nodes dim_out"]:
+    """`block_linear(convolution(x, ...), linear_out_weights, linear_out_blocks)`, computed
+    with fewer and narrower edge arrays.
+
+    Linear_out is linear, so it splits over the paths of a block:
+    `L_b sum_e m_e = sum_{p in b} W_{b,p} sum_e m_{p,e}`. Paths for which
+    [`eqmlip.ops.nequip.premixes`][] holds get `W_{b,p}` on the edges (a matmul on the scalar
+    factor, then the product by `Y^{l0}`); the others are summed at the receivers first and
+    mixed on the nodes. Every edge column is scattered by one segment sum. Equal to the unfused
+    form up to rounding.
+    """
+    nodes, edges = x.shape[0], senders.shape[0]
+    dtype = x.dtype
+    x_edges = x[senders]
+    slices = irreps_in.slices()
+    if len(linear_out_blocks) != len({p.block for p in paths}) or any(
+        b.mul_in != sum(p.mul for p in paths if p.block == k)
+        for k, b in enumerate(linear_out_blocks)
+    ):
+        raise ValueError("interaction: linear_out_blocks do not match the message blocks.")
+
+    plain = [p for p in paths if not premixes(p, linear_out_blocks[p.block])]
+    plain_messages = tensor_product_messages(
+        x_edges, sh, weights, irreps_in=irreps_in, paths=plain,
+        avg_num_neighbors=avg_num_neighbors,
+    )  # fmt: skip
+    columns = [plain_messages]
+    premixed_slots: dict[int, tuple[int, int]] = {}  # block -> (start, width) in `columns`
+    offset = plain_messages.shape[1]
+    for k, block in enumerate(linear_out_blocks):
+        members = [p for p in paths if p.block == k and premixes(p, block)]
+        if not members:
+            continue
+        scale = 1.0 / math.sqrt(block.mul_in)
+        mixed = None
+        for p in members:
+            coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
+            c = _diagonal_constant(coef[:, 0, :]) * scale
+            s = x_edges[:, slices[p.i_in]] * weights[:, p.radial_start : p.radial_start + p.mul]
+            w = linear_out_weights[k][:, p.block_start : p.block_start + p.mul]
+            z = s @ (w.astype(dtype) * c).T
+            mixed = z if mixed is None else mixed + z
+        assert mixed is not None
+        y = sh[:, block.l**2 : (block.l + 1) ** 2]
+        m = (mixed[:, :, None] * y[:, None, :]).reshape(edges, block.mul_out * block.dim)
+        columns.append(m)
+        premixed_slots[k] = (offset, m.shape[1])
+        offset += m.shape[1]
+    summed = segment_sum(
+        jnp.concatenate(columns, axis=-1) if len(columns) > 1 else plain_messages,
+        receivers,
+        nodes,
+        deterministic=deterministic,
+    )
+
+    # Node-level linear_out on the plain paths, block by block, in eqmlip's message order.
+    plain_start = 0
+    outs = []
+    for k, block in enumerate(linear_out_blocks):
+        members = [p for p in plain if p.block == k]
+        y = None
+        if members:
+            width = sum(p.mul for p in members) * block.dim
+            chunk = summed[:, plain_start : plain_start + width]
+            plain_start += width
+            cols = np.concatenate(
+                [np.arange(p.block_start, p.block_start + p.mul) for p in members]
+            )
+            w = linear_out_weights[k].astype(dtype)
+            w = w if len(cols) == block.mul_in else w[:, cols]
+            w = w * (1.0 / math.sqrt(block.mul_in))
+            y = _mix(chunk.reshape(nodes, len(cols), block.dim), w)
+            y = y.reshape(nodes, block.mul_out * block.dim)
+        if k in premixed_slots:
+            start, width = premixed_slots[k]
+            pre = summed[:, start : start + width]
+            y = pre if y is None else y + pre
+        assert y is not None
+        outs.append(y)
+    if not outs:
+        return jnp.zeros((nodes, 0), dtype)
+    return jnp.concatenate(outs, axis=-1)
 
 
 # --- gate --------------------------------------------------------------------------------------

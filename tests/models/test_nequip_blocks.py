@@ -215,6 +215,41 @@ def test_deterministic_scatter_gives_the_same_layer():
     assert np.allclose(plain.array, deterministic.array, rtol=1e-5, atol=1e-6)
 
 
+def test_interaction_equals_convolution_then_linear_out():
+    """The fused form (linear_out on the edges for scalar-input paths) equals the plain one."""
+    with jax.enable_x64(True):
+        embed, layers = _model(K(7), num_layers=3, dtype=jnp.float64)
+        positions, species, senders, receivers = _graph(6, 5)
+        positions = positions.astype(jnp.float64)
+        x, radial, sh = embed(species, positions[receivers] - positions[senders])
+        mixed_blocks = 0
+        for layer in layers:
+            premixed = [ops.premixes(p, layer.linear_out_blocks[p.block]) for p in layer.paths]
+            mixed_blocks += sum(
+                any(premixed[i] for i, p in enumerate(layer.paths) if p.block == b)
+                and not all(premixed[i] for i, p in enumerate(layer.paths) if p.block == b)
+                for b in range(len(layer.linear_out_blocks))
+            )
+            weights = ops.radial_mlp(radial, layer.radial_kernels, jax.nn.swish)
+            h = ops.block_linear(x.array, layer.linear_in_weights, layer.linear_in_blocks)
+            messages = ops.convolution(
+                h, sh, weights, senders, receivers,
+                irreps_in=layer.irreps_in, paths=layer.paths, avg_num_neighbors=3.0,
+            )  # fmt: skip
+            plain = ops.block_linear(messages, layer.linear_out_weights, layer.linear_out_blocks)
+            fused = ops.interaction(
+                h, sh, weights, senders, receivers, layer.linear_out_weights,
+                irreps_in=layer.irreps_in, paths=layer.paths,
+                linear_out_blocks=layer.linear_out_blocks, avg_num_neighbors=3.0,
+            )  # fmt: skip
+            assert fused.shape == plain.shape
+            assert float(jnp.max(jnp.abs(plain))) > 1e-2
+            np.testing.assert_allclose(fused, plain, rtol=1e-12, atol=1e-12)
+            x = layer(x, species, radial, sh, senders, receivers)
+        assert any(ops.premixes(p, layers[0].linear_out_blocks[p.block]) for p in layers[0].paths)
+        assert mixed_blocks > 0  # some block sums premixed and node-mixed paths
+
+
 def test_deterministic_segment_sum():
     data = jr.normal(K(4), (50, 3, 2))
     ids = jr.randint(K(5), (50,), -2, 9)  # some out of range, some segments empty

@@ -25,12 +25,12 @@ from ...ops.nequip import (
     activation,
     activation_parity,
     block_linear,
-    convolution,
     convolution_paths,
     e3j_blocks,
     gate,
     gate_spec,
     indexed_block_linear,
+    interaction,
     mask_rows,
     radial_embedding,
     radial_mlp,
@@ -538,18 +538,19 @@ class NequipLayer(eqx.Module):
 
         weights = radial_mlp(radial, self.radial_kernels, activation(self.radial_mlp_activation))
         h = block_linear(x, self.linear_in_weights, self.linear_in_blocks)
-        messages = convolution(
+        out = interaction(
             h,
             sh,
             weights,
             senders,
             receivers,
+            self.linear_out_weights,
             irreps_in=self.irreps_in,
             paths=self.paths,
+            linear_out_blocks=self.linear_out_blocks,
             avg_num_neighbors=self.avg_num_neighbors,
             deterministic=self.deterministic_scatter_ops,
         )
-        out = block_linear(messages, self.linear_out_weights, self.linear_out_blocks)
         if self.use_residual_connection:
             out = out + indexed_block_linear(
                 x, species, self.residual_weights, self.residual_blocks
