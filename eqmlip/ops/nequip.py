@@ -14,7 +14,9 @@ Layout: eqmlip keeps every array in e3nn's layout (`[..., mul * (2l+1)]` per chu
 and computes the convolution path by path on unfactored multiplicities. mlip factors the
 multiplicities by `g = gcd(mul(S))` into a trailing channel axis; the two give the same numbers,
 and [`eqmlip.ops.nequip.ConvPath`][] records where mlip keeps each of eqmlip's columns so that
-weights convert one-for-one (see `eqmlip.interop.mlip`).
+weights convert one-for-one (see `eqmlip.interop.mlip`). The layer applies linear_out to
+the paths from scalar inputs on the edges when that narrows them (`interaction`): the default
+first layer then scatters 340 columns per edge instead of 1152.
 """
 
 import functools
@@ -511,8 +513,8 @@ def tensor_product_messages(
     $$m_p[e, u, m_0] = w[e, k_p + u] \\sum_{m_1 m_2} C'_p[m_0, m_1, m_2]\\, x[e, u, m_1]\\,
       Y^{l_2}[e, m_2]$$
 
-    with `C' = C sqrt(2 l0 + 1) / avg_num_neighbors`. Paths whose `l1` or `l2` is 0 have a
-    diagonal `C'` and are computed as a product by one constant. `Y^0` is 1 in this
+    with `C' = C sqrt(2 l0 + 1) / avg_num_neighbors`. Paths with `l0`, `l1` or `l2` equal to 0
+    have a diagonal `C'` and are computed as a product by one constant. `Y^0` is 1 in this
     normalisation and is not read.
     """
     edges = x_edges.shape[0]
@@ -528,6 +530,8 @@ def tensor_product_messages(
             m = x * _diagonal_constant(coef[:, :, 0])
         elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
             m = x * (_diagonal_constant(coef[:, 0, :]) * y)[:, None, :]
+        elif p.l0 == 0:  # C'[0, b, c] = c delta_bc: a scaled dot product over m
+            m = jnp.sum(x * y[:, None, :], axis=-1, keepdims=True) * _diagonal_constant(coef[0])
         else:
             a = jnp.einsum("abc,ec->eab", jnp.asarray(coef, dtype), y)
             m = jnp.einsum("eub,eab->eua", x, a)

@@ -280,7 +280,9 @@ class NequipLayer(eqx.Module):
     eqmlip computes on unfactored multiplicities, path by path (mlip factors them by
     `g = gcd`); the radial-MLP output columns and the linear_out input columns are therefore
     permuted relative to mlip, and `eqmlip.interop.mlip` maps them (see
-    [`eqmlip.ops.nequip.ConvPath`][]).
+    [`eqmlip.ops.nequip.ConvPath`][]). Steps 4 and 5 run as
+    [`eqmlip.ops.nequip.interaction`][]: paths from scalar inputs into a narrower block get
+    linear_out on the edges, before the scatter (same numbers up to rounding).
 
     `scalars_only=True` builds only what produces the even scalars of the output (the paths
     into `0e`, their radial-MLP columns and the scalar rows of linear_out and of the
