@@ -606,11 +606,15 @@ def interaction(
     dtype = x.dtype
     x_edges = x[senders]
     slices = irreps_in.slices()
-    if len(linear_out_blocks) != len({p.block for p in paths}) or any(
-        b.mul_in != sum(p.mul for p in paths if p.block == k)
-        for k, b in enumerate(linear_out_blocks)
-    ):
-        raise ValueError("interaction: linear_out_blocks do not match the message blocks.")
+    expected = [
+        sum(p.mul for p in paths if p.block == k) for k in range(len({p.block for p in paths}))
+    ]
+    if [b.mul_in for b in linear_out_blocks] != expected:
+        raise ValueError(
+            "interaction: linear_out_blocks take input multiplicities "
+            f"{[b.mul_in for b in linear_out_blocks]}, but the paths' message blocks have "
+            f"{expected}."
+        )
 
     plain = [p for p in paths if not premixes(p, linear_out_blocks[p.block])]
     plain_messages = tensor_product_messages(

@@ -248,6 +248,13 @@ def test_interaction_equals_convolution_then_linear_out():
             x = layer(x, species, radial, sh, senders, receivers)
         assert any(ops.premixes(p, layers[0].linear_out_blocks[p.block]) for p in layers[0].paths)
         assert mixed_blocks > 0  # some block sums premixed and node-mixed paths
+        layer = layers[0]
+        with pytest.raises(ValueError, match=r"message blocks have \[\d+, \d+, \d+\]"):
+            ops.interaction(
+                x.array, sh, radial, senders, receivers, layer.linear_out_weights[:-1],
+                irreps_in=layer.irreps_in, paths=layer.paths,
+                linear_out_blocks=layer.linear_out_blocks[:-1], avg_num_neighbors=3.0,
+            )  # fmt: skip
 
 
 def test_deterministic_segment_sum():
