@@ -12,12 +12,12 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from .graph import Graph, pad_graph
 from .io import load_model
-from .models.nequip import Nequip
+from .models._potential import AbstractPotential, parameter_dtype
 from .potential import Prediction, predict
 
 
 class EqmlipCalculator(Calculator):
-    """ASE calculator of a [`eqmlip.models.nequip.Nequip`][] potential: `energy`,
+    """ASE calculator of any [`eqmlip.models.AbstractPotential`][]: `energy`,
     `free_energy` (the same), per-atom `energies`, `forces` and, for structures with a
     periodic direction, `stress` (Voigt order xx, yy, zz, yz, xz, xy, eV/Å³, ASE's sign:
     positive under tension). Asking a molecule (no periodic direction) for its stress raises
@@ -30,8 +30,8 @@ class EqmlipCalculator(Calculator):
 
     **Arguments:**
 
-    - `model`: a `Nequip` model or the path of a model file
-        ([`eqmlip.io.load_model`][]).
+    - `model`: a potential (e.g. [`eqmlip.models.nequip.Nequip`][]) or the path of a model
+        file ([`eqmlip.io.load_model`][]).
     - `dataset_idx`: the readout head to use.
     - `growth`: factor (> 1) by which an overflowing capacity grows.
     - `node_capacity`, `edge_capacity`: initial capacities (default: what the first structure
@@ -49,7 +49,7 @@ class EqmlipCalculator(Calculator):
 
     def __init__(
         self,
-        model: "Nequip | str | os.PathLike[str]",
+        model: "AbstractPotential | str | os.PathLike[str]",
         *,
         dataset_idx: int = 0,
         growth: float = 1.25,
@@ -60,15 +60,15 @@ class EqmlipCalculator(Calculator):
         super().__init__(**kwargs)
         if isinstance(model, str | os.PathLike):
             model = load_model(model)
-        if not isinstance(model, Nequip):
+        if not isinstance(model, AbstractPotential):
             raise TypeError(
-                f"EqmlipCalculator: model must be a Nequip model or a model file path, got "
-                f"{type(model).__name__}."
+                "EqmlipCalculator: model must be an eqmlip.models.AbstractPotential or a model "
+                f"file path, got {type(model).__name__}."
             )
         if not (math.isfinite(growth) and growth > 1):
             raise ValueError(f"EqmlipCalculator: growth must be > 1, got {growth}.")
-        heads = model.config.num_readout_heads
-        if not 0 <= dataset_idx < max(heads, model.atomic_energies.shape[0]):
+        heads = model.num_heads
+        if not 0 <= dataset_idx < heads:
             raise ValueError(
                 f"EqmlipCalculator: dataset_idx {dataset_idx} is outside 0..{heads - 1}, the "
                 "model's heads."
@@ -79,11 +79,11 @@ class EqmlipCalculator(Calculator):
         self.node_capacity = node_capacity
         self.edge_capacity = edge_capacity
         self.num_compilations = 0
-        self._dtype = np.dtype(model.atomic_energies.dtype)
+        self._dtype = parameter_dtype(model)
         # One jitted function per calculator; tracing it (once per padded shape) is counted.
         self._predict_jit = eqx.filter_jit(self._traced_predict)
 
-    def _traced_predict(self, model: Nequip, graph: Graph, stress: bool) -> Prediction:
+    def _traced_predict(self, model: AbstractPotential, graph: Graph, stress: bool) -> Prediction:
         self.num_compilations += 1  # runs only while tracing
         return predict(model, graph, forces=True, stress=stress)
 

@@ -13,6 +13,7 @@ the last graph of any multi-graph batch as padding). Unlike mlip's `Graph`, this
 only what a potential needs as input; targets (energies, forces, ...) live elsewhere.
 """
 
+import dataclasses
 import math
 from collections.abc import Collection
 from typing import Any
@@ -31,6 +32,18 @@ from jaxtyping import Array, Bool, Float, Int
 _Arr = Array | np.ndarray
 
 _MAX_Z = len(ase.data.chemical_symbols) - 1  # 118
+
+
+class EdgeSet(eqx.Module):
+    """A set of directed edges between the nodes of a [`eqmlip.Graph`][], beside its main
+    edges (its long-range edges). Fields as the graph's edge fields: `senders`, `receivers`
+    `[edges]`, `shifts` `[edges, 3]`, `n_edge` `[graphs]`, `edge_mask` `[edges]`."""
+
+    senders: Int[_Arr, " edges"]
+    receivers: Int[_Arr, " edges"]
+    shifts: Float[_Arr, "edges 3"]
+    n_edge: Int[_Arr, " graphs"]
+    edge_mask: Bool[_Arr, " edges"]
 
 
 class Graph(eqx.Module):
@@ -71,6 +84,9 @@ class Graph(eqx.Module):
     - `node_mask`, `edge_mask`, `graph_mask`: boolean, `True` on real entries.
     - `dataset_idx`: `[graphs]` integer dataset (readout head) of each graph.
     - `charge`: `[graphs]` integer total charge of each graph.
+    - `long_range`: an optional second edge set between the same atoms (an
+        [`eqmlip.graph.EdgeSet`][], e.g. the longer-cutoff edges of a Coulomb term; see
+        [`eqmlip.Graph.with_long_range`][]), or `None`.
 
     Build one with [`eqmlip.Graph.from_atoms`][], [`eqmlip.batch_graphs`][] and
     [`eqmlip.pad_graph`][], or pass every field to the constructor.
@@ -90,6 +106,7 @@ class Graph(eqx.Module):
     graph_mask: Bool[_Arr, " graphs"]
     dataset_idx: Int[_Arr, " graphs"]
     charge: Int[_Arr, " graphs"]
+    long_range: "EdgeSet | None" = None
 
     def __check_init__(self):
         nodes, edges, graphs = self.num_nodes, self.num_edges, self.num_graphs
@@ -170,35 +187,72 @@ class Graph(eqx.Module):
             total_repeat_length=self.num_edges,
         )
 
-    def edge_vectors(
-        self,
-        positions: Float[_Arr, "{self.num_nodes} 3"] | None = None,
-        cell: Float[_Arr, "{self.num_graphs} 3 3"] | None = None,
-    ) -> Float[Array, "{self.num_edges} 3"]:
+    def edge_vectors(self, *, long_range: bool = False) -> Float[Array, "edges 3"]:
         """Edge vectors `pos[receivers] - pos[senders] + shifts @ cell[graph of edge]`.
 
         The sign convention is ASE's (`D` of `ase.neighborlist.neighbor_list`) and mlip's; the
-        operations are mlip's (`pos[r] - (pos[s] - S @ C)`). Padding edges have length 0.
+        operations are mlip's (`pos[r] - (pos[s] - S @ C)`). Padding edges have length 0. A
+        potential reads its geometry only through this method, so that replacing the graph's
+        positions and cell (as [`eqmlip.potential.predict`][] does with strained copies)
+        reaches every edge set.
 
         **Arguments:**
 
-        - `positions`: positions to use instead of `self.positions`, e.g. strained ones, so
-            that a potential can differentiate through them.
-        - `cell`: cells to use instead of `self.cell` (e.g. strained).
+        - `long_range`: the vectors of the long-range edge set (`self.long_range`) instead of
+            the main edges.
 
         **Returns:** an array of shape `[edges, 3]` in the dtype of the positions (shifts and
         cells are cast to it).
         """
-        pos = jnp.asarray(self.positions if positions is None else positions)
+        edges: Any = self
+        if long_range:
+            if self.long_range is None:
+                raise ValueError(
+                    "Graph.edge_vectors: long_range=True, but the graph has no long-range edges; "
+                    "attach them with graph.with_long_range(long_range_graph)."
+                )
+            edges = self.long_range
+        pos = jnp.asarray(self.positions)
         dtype = pos.dtype
-        lattice = jnp.asarray(self.cell if cell is None else cell).astype(dtype)
-        shifts = jnp.asarray(self.shifts).astype(dtype)
+        lattice = jnp.asarray(self.cell).astype(dtype)
+        shifts = jnp.asarray(edges.shifts).astype(dtype)
+        num_edges = int(np.shape(edges.senders)[0])
         edge_cell = jnp.repeat(
-            lattice, jnp.asarray(self.n_edge), axis=0, total_repeat_length=self.num_edges
+            lattice, jnp.asarray(edges.n_edge), axis=0, total_repeat_length=num_edges
         )
         shift_vectors = jnp.einsum("ei,eij->ej", shifts, edge_cell)
-        senders, receivers = jnp.asarray(self.senders), jnp.asarray(self.receivers)
+        senders, receivers = jnp.asarray(edges.senders), jnp.asarray(edges.receivers)
         return pos[receivers] - (pos[senders] - shift_vectors)
+
+    def with_long_range(self, other: "Graph") -> "Graph":
+        """This graph with `other`'s edges attached as its long-range edge set.
+
+        Long-range terms (e.g. NequIP's Coulomb energy) need a second, longer-cutoff set of
+        edges between the same atoms. Carrying it in the same graph means one replacement of
+        positions and cell (the strain of [`eqmlip.potential.predict`][]) moves both edge sets.
+
+        **Arguments:**
+
+        - `other`: the same atoms (and padding: same node and graph counts, e.g. built with
+            `Graph.from_atoms(atoms, long_range_cutoff)` and padded alike), whose edges are
+            taken.
+
+        **Returns:** a copy of this graph with `long_range` set.
+        """
+        if (other.num_nodes, other.num_graphs) != (self.num_nodes, self.num_graphs):
+            raise ValueError(
+                f"Graph.with_long_range: the long-range graph has {other.num_nodes} nodes and "
+                f"{other.num_graphs} graphs, but this graph has {self.num_nodes} and "
+                f"{self.num_graphs}; build both from the same atoms and pad them alike."
+            )
+        edges = EdgeSet(
+            senders=other.senders,
+            receivers=other.receivers,
+            shifts=other.shifts,
+            n_edge=other.n_edge,
+            edge_mask=other.edge_mask,
+        )
+        return dataclasses.replace(self, long_range=edges)
 
     @classmethod
     def from_atoms(

@@ -1,22 +1,25 @@
-"""Model files: a one-line JSON header, then the parameters as `eqx.tree_serialise_leaves` bytes.
+"""Model files for any registered potential: a one-line JSON header, then the parameters as
+`eqx.tree_serialise_leaves` bytes.
 
 ```
-{"format": "eqmlip-model", "format_version": 1, "eqmlip_version": ..., "model": "Nequip",
- "config": {...NequipConfig fields...}, "species": [...], "atomic_energies": [[...]], ...}\\n
+{"format": "eqmlip-model", "format_version": 2, "eqmlip_version": ..., "model": "nequip",
+ "hyperparameters": {...}, "species": [...], "cutoff": ..., "dtype": "float32",
+ "metadata": {...}, "payload_bytes": ..., "sha256": ...}\n
 <eqx.tree_serialise_leaves bytes>
 ```
 
-The header holds everything needed to rebuild the model's skeleton (its config, species, E0s,
-cutoff, average neighbour count, energy scale and shift, dtype), the payload's size and SHA-256
-(so a truncated or corrupted file is an error, not garbage parameters), and free-form user
-metadata. No pickle: the header is JSON, the payload raw array bytes.
+`model` is the registry name of the potential's class ([`eqmlip.models.register_potential`][]),
+`hyperparameters` what its `hyperparameters()` returns; loading rebuilds the skeleton with
+`from_hyperparameters` and deserialises the leaves into it (Equinox's pattern for serialising
+a model with its hyperparameters). `sha256` covers the whole file: the header (every field but
+`sha256` itself) and the parameters, so a corrupted or edited header is refused as surely as
+corrupted parameters. No pickle: the header is JSON, the payload raw array bytes. Files of
+format version 1 (NequIP only, parameters checksummed) are still read.
 """
 
-import dataclasses
 import hashlib
 import io
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -26,10 +29,15 @@ import jax
 import jax.random as jr
 import numpy as np
 
-from .models.nequip import Nequip, NequipConfig
+from .models._potential import (
+    AbstractPotential,
+    parameter_dtype,
+    potential_class,
+    potential_name,
+)
 
 FORMAT = "eqmlip-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # A header line longer than this is not an eqmlip header (guards against reading a huge binary).
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -40,91 +48,84 @@ def _version() -> str:
     return __version__
 
 
-def _config_dict(config: NequipConfig) -> dict[str, Any]:
-    out = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, Mapping):
-            value = dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[field.name] = value
-    return out
-
-
-def _finite_or_none(x: float) -> float | None:
-    # JSON has no NaN: a dataset without an E0 for a species (NaN in the table) is written null.
-    return None if math.isnan(x) else float(x)
-
-
-def model_header(model: Nequip, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON header [`eqmlip.io.save_model`][] writes for `model` (without the payload
-    fields `payload_bytes` and `payload_sha256`).
+def model_header(
+    model: AbstractPotential, *, metadata: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON header [`eqmlip.io.save_model`][] writes for `model` (without the integrity
+    fields `payload_bytes` and `sha256`).
 
     **Arguments:**
 
-    - `model`: a [`eqmlip.models.nequip.Nequip`][].
+    - `model`: a registered [`eqmlip.models.AbstractPotential`][].
     - `metadata`: JSON-serialisable user data stored under `"metadata"`.
 
     **Returns:** a dict of JSON values.
     """
-    if not isinstance(model, Nequip):
-        raise TypeError(f"save_model: expected a Nequip model, got {type(model).__name__}.")
-    table = np.asarray(model.atomic_energies, dtype=np.float64)
+    if not isinstance(model, AbstractPotential):
+        raise TypeError(
+            f"save_model: expected an eqmlip.models.AbstractPotential, got {type(model).__name__}."
+        )
+    name = potential_name(model)
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "eqmlip_version": _version(),
-        "model": "Nequip",
-        "config": _config_dict(model.config),
-        "species": list(model.species),
-        "atomic_energies": [[_finite_or_none(x) for x in row] for row in table],
-        "cutoff": model.cutoff,
-        "avg_num_neighbors": model.avg_num_neighbors,
-        "total_charges": None if model.total_charges is None else list(model.total_charges),
-        "long_range_cutoff": model.long_range_cutoff,
-        "energy_scale": model.energy_scale,
-        "energy_shift": model.energy_shift,
-        "dtype": str(model.atomic_energies.dtype),
+        "model": name,
+        "hyperparameters": model.hyperparameters(),
+        "species": [int(z) for z in model.species],
+        "cutoff": float(model.cutoff),
+        "dtype": str(parameter_dtype(model)),
         "metadata": dict(metadata) if metadata is not None else {},
     }
-    try:
-        json.dumps(header, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"save_model: the metadata must be JSON-serialisable (finite numbers, strings, "
-            f"lists, dicts), got {metadata!r}: {error}"
-        ) from error
+    for field in ("hyperparameters", "metadata"):
+        try:
+            json.dumps(header[field], allow_nan=False)
+        except (TypeError, ValueError) as error:
+            what = f"{name}.hyperparameters()" if field == "hyperparameters" else "the metadata"
+            raise TypeError(
+                f"save_model: {what} must be JSON-serialisable (finite numbers, strings, lists, "
+                f"dicts), got {header[field]!r}: {error}"
+            ) from error
     return header
 
 
-def model_to_bytes(model: Nequip, *, metadata: Mapping[str, Any] | None = None) -> bytes:
+def _digest(header: Mapping[str, Any], payload: bytes) -> str:
+    """SHA-256 of the canonical JSON of the header without its `sha256` field, then the
+    parameters: any change to either changes it."""
+    fields = {k: v for k, v in header.items() if k != "sha256"}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical + b"\n" + payload).hexdigest()
+
+
+def model_to_bytes(model: AbstractPotential, *, metadata: Mapping[str, Any] | None = None) -> bytes:
     """The bytes of a model file (see [`eqmlip.io.save_model`][])."""
     header = model_header(model, metadata=metadata)
     buffer = io.BytesIO()
     eqx.tree_serialise_leaves(buffer, model)
     payload = buffer.getvalue()
     header["payload_bytes"] = len(payload)
-    header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    header["sha256"] = _digest(header, payload)
     line = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
     return line + b"\n" + payload
 
 
 def save_model(
-    path: "str | os.PathLike[str]", model: Nequip, *, metadata: Mapping[str, Any] | None = None
+    path: "str | os.PathLike[str]",
+    model: AbstractPotential,
+    *,
+    metadata: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a model file: a JSON header line, then the parameters.
 
-    The header records the format version, the eqmlip version, the `NequipConfig` fields, the
-    species, the E0 table, the cutoff, the average neighbour count, the energy scale and shift,
-    the dtype, the payload's size and SHA-256, and `metadata`. The payload is
-    `eqx.tree_serialise_leaves(model)`.
+    The header records the format version, the eqmlip version, the potential's registry name
+    and hyperparameters, its species, cutoff and dtype, `metadata`, the payload's size and the
+    SHA-256 of the whole file. The payload is `eqx.tree_serialise_leaves(model)`.
 
     **Arguments:**
 
     - `path`: the file to write (overwritten; written to a temporary file first, then renamed,
         so an interrupted save never leaves a half-written model).
-    - `model`: a [`eqmlip.models.nequip.Nequip`][].
+    - `model`: a registered [`eqmlip.models.AbstractPotential`][].
     - `metadata`: JSON-serialisable user data (e.g. training metrics), read back by
         [`eqmlip.io.read_header`][].
     """
@@ -177,56 +178,80 @@ def read_header(path: "str | os.PathLike[str]") -> dict[str, Any]:
     return header
 
 
-def model_from_header(header: Mapping[str, Any]) -> Nequip:
+def _v1_hyperparameters(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of a format-1 (NequIP-only) header."""
+    species = [int(z) for z in header["species"]]
+    keys = ("cutoff", "avg_num_neighbors", "total_charges", "long_range_cutoff")
+    return {
+        "config": header["config"],
+        "species": species,
+        **{k: header[k] for k in keys},
+        "atomic_energies": [
+            {str(z): e for z, e in zip(species, row, strict=True)}
+            for row in header["atomic_energies"]
+        ],
+        "energy_scale": header["energy_scale"],
+        "energy_shift": header["energy_shift"],
+    }
+
+
+def model_from_header(
+    header: Mapping[str, Any], *, source: str = "the header"
+) -> AbstractPotential:
     """A model with the architecture the header describes and placeholder parameters (the
     skeleton that the payload is deserialised into)."""
-    if header.get("model") != "Nequip":
+    try:
+        if header["format_version"] == 1:
+            name, hyperparameters = "nequip", _v1_hyperparameters(header)
+        else:
+            name, hyperparameters = header["model"], header["hyperparameters"]
+        dtype = np.dtype(header["dtype"])
+    except (KeyError, TypeError) as error:
         raise ValueError(
-            f"load_model: unknown model type {header.get('model')!r}; this eqmlip knows 'Nequip'."
-        )
-    dtype = np.dtype(header["dtype"])
+            f"load_model: {source} has no valid {error} field in its header."
+        ) from error
     if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
         raise ValueError(
             "load_model: the model file holds float64 parameters but jax_enable_x64 is off; "
             "enable it (jax.config.update('jax_enable_x64', True)) before loading."
         )
-    config = NequipConfig(**header["config"])
-    species = tuple(int(z) for z in header["species"])
-    table = [
-        {z: (math.nan if e is None else float(e)) for z, e in zip(species, row, strict=True)}
-        for row in header["atomic_energies"]
-    ]
-    return Nequip(
-        config,
-        species,
-        cutoff=float(header["cutoff"]),
-        avg_num_neighbors=float(header["avg_num_neighbors"]),
-        atomic_energies=table,
-        total_charges=header["total_charges"],
-        long_range_cutoff=header["long_range_cutoff"],
-        energy_scale=float(header["energy_scale"]),
-        energy_shift=float(header["energy_shift"]),
-        dtype=dtype,
-        key=jr.key(0),
-    )
+    cls = potential_class(name)
+    if not isinstance(hyperparameters, Mapping):
+        raise ValueError(
+            f"load_model: {source} has hyperparameters {hyperparameters!r}, expected a mapping."
+        )
+    try:
+        return cls.from_hyperparameters(hyperparameters, dtype=dtype, key=jr.key(0))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"load_model: {source} describes a {name!r} model that cannot be built: {error}"
+        ) from error
 
 
-def model_from_bytes(data: bytes, *, source: str = "the data") -> Nequip:
-    """Load a model from the bytes of a model file (see [`eqmlip.io.load_model`][])."""
-    header, payload = _split(data, source)
+def _check_integrity(header: Mapping[str, Any], payload: bytes, source: str) -> None:
     expected = header.get("payload_bytes")
     if len(payload) != expected:
         raise ValueError(
             f"load_model: {source} is truncated or corrupted: its parameters have {len(payload)} "
             f"bytes, the header says {expected}."
         )
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != header.get("payload_sha256"):
+    if header["format_version"] == 1:  # only the parameters were checksummed
+        digest, recorded = hashlib.sha256(payload).hexdigest(), header.get("payload_sha256")
+    else:
+        digest, recorded = _digest(header, payload), header.get("sha256")
+    if digest != recorded:
         raise ValueError(
-            f"load_model: {source} is corrupted: the SHA-256 of its parameters is {digest}, the "
-            f"header says {header.get('payload_sha256')}."
+            f"load_model: {source} is corrupted: the SHA-256 of its header and parameters is "
+            f"{digest}, the file says {recorded} (a changed byte anywhere, header included, is "
+            "refused)."
         )
-    skeleton = model_from_header(header)
+
+
+def model_from_bytes(data: bytes, *, source: str = "the data") -> AbstractPotential:
+    """Load a model from the bytes of a model file (see [`eqmlip.io.load_model`][])."""
+    header, payload = _split(data, source)
+    _check_integrity(header, payload, source)
+    skeleton = model_from_header(header, source=source)
     try:
         return eqx.tree_deserialise_leaves(io.BytesIO(payload), skeleton)
     except Exception as error:  # equinox/numpy raise various errors on mismatched leaves
@@ -236,20 +261,24 @@ def model_from_bytes(data: bytes, *, source: str = "the data") -> Nequip:
         ) from error
 
 
-def load_model(path: "str | os.PathLike[str]") -> Nequip:
+def load_model(path: "str | os.PathLike[str]") -> AbstractPotential:
     """Read a model file written by [`eqmlip.io.save_model`][].
 
-    The skeleton is rebuilt from the header, then the parameters are deserialised into it.
+    The potential's class is looked up in the registry by the header's name, its skeleton
+    rebuilt from the header's hyperparameters, then the parameters are deserialised into it.
+    A file of your own potential loads once its class is registered (import the module that
+    registers it first).
 
     **Arguments:**
 
     - `path`: the model file.
 
-    **Returns:** the [`eqmlip.models.nequip.Nequip`][] model, parameters as saved.
+    **Returns:** the model, parameters as saved.
 
     **Raises:** `ValueError` when the file is not an eqmlip model, was written by a newer
-    format version (the message names both versions), is truncated or corrupted (size or
-    SHA-256 mismatch), or holds float64 parameters while `jax_enable_x64` is off.
+    format version (the message names both versions), is truncated, corrupted or edited (size
+    or SHA-256 mismatch over header and parameters), names an unregistered potential, or holds
+    float64 parameters while `jax_enable_x64` is off.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:

@@ -1,9 +1,9 @@
 """From per-atom energies to the properties of a potential: energies per structure, forces,
 virials and stresses (by automatic differentiation), per-atom energies, charges and dipoles.
 
-The model is any callable `model(graph, *, positions, cell, **kwargs)` returning per-atom
-energies `[nodes]`, or an object with a `node_energies` field (such as
-[`eqmlip.models.nequip.NequipOutputs`][]; its `partial_charges`, if any, are passed on).
+The model is any [`eqmlip.models.AbstractPotential`][]: `model(graph)` returns per-atom
+energies `[nodes]` or a [`eqmlip.models.PotentialOutputs`][] (whose `partial_charges`, if any,
+are passed on).
 
 Forces and stress come from one backward pass through a homogeneous deformation: with a
 symmetric strain `eps_g` per structure,
@@ -20,13 +20,15 @@ This is mlip's `ConservativePredictor`, except that structures without a periodi
 which reports the virial, in eV, as a "stress").
 """
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .graph import Graph
+from .models._potential import AbstractPotential, node_energies_of
 from .ops.nequip import segment_sum
 
 
@@ -55,17 +57,6 @@ class Prediction(NamedTuple):
     dipole: Float[Array, "graphs 3"] | None
 
 
-def _node_energies(outputs: Any) -> tuple[Array, Array | None]:
-    if isinstance(outputs, jax.Array):
-        return outputs, None
-    if hasattr(outputs, "node_energies"):
-        return outputs.node_energies, getattr(outputs, "partial_charges", None)
-    raise TypeError(
-        "predict: the model must return per-atom energies [nodes] or an object with a "
-        f"node_energies field, got {type(outputs).__name__}."
-    )
-
-
 def strain(
     graph: Graph,
     positions: Float[Array, "nodes 3"],
@@ -83,36 +74,43 @@ def strain(
 
 
 def predict(
-    model: Any,
+    model: AbstractPotential,
     graph: Graph,
     *,
     forces: bool = True,
     stress: bool = True,
-    deterministic: bool = False,
-    **kwargs: Any,
+    deterministic: bool | None = None,
 ) -> Prediction:
     """Energies, forces, virials and stresses of every structure in `graph`.
 
+    The strain reaches the model as a graph: its positions and cell are replaced by strained
+    copies (`eqx.tree_at`), so every edge set of the graph (long-range edges too) moves with
+    one strain.
+
     **Arguments:**
 
-    - `model`: the potential, e.g. a [`eqmlip.models.nequip.Nequip`][] (see the module
-        docstring for what it must return).
+    - `model`: the potential, any [`eqmlip.models.AbstractPotential`][] (e.g. a
+        [`eqmlip.models.nequip.Nequip`][]).
     - `graph`: an [`eqmlip.Graph`][], padded or not.
     - `forces`: compute forces (one backward pass). Without it only energies are computed.
     - `stress`: compute virials and stresses too (same backward pass; needs `forces`).
-    - `deterministic`: sum per-atom energies per structure with the reproducible segment sum
-        (default: the model's `config.deterministic_scatter_ops` if it has one).
-    - `**kwargs`: passed to the model (e.g. `long_range_graph=` for NequIP's Coulomb term).
+    - `deterministic`: sum per-atom energies per structure with the reproducible segment sum;
+        `None` takes the model's `deterministic_scatter`.
 
     **Returns:** a [`eqmlip.potential.Prediction`][] in the dtype of the positions.
 
     Use under `eqx.filter_jit`, with the model as an argument:
     `eqx.filter_jit(predict)(model, graph)`.
     """
+    if not isinstance(model, AbstractPotential):
+        raise TypeError(
+            "predict: model must be an eqmlip.models.AbstractPotential (subclass it to run your "
+            f"own potential), got {type(model).__name__}."
+        )
     if stress and not forces:
         raise ValueError("predict: stress=True needs forces=True (both come from one gradient).")
-    config = getattr(model, "config", None)
-    deterministic = deterministic or bool(getattr(config, "deterministic_scatter_ops", False))
+    if deterministic is None:
+        deterministic = model.deterministic_scatter
     positions = jnp.asarray(graph.positions)
     dtype = positions.dtype
     cell = jnp.asarray(graph.cell).astype(dtype)
@@ -121,9 +119,10 @@ def predict(
     node_mask = jnp.asarray(graph.node_mask)
 
     def energy(pos: Array, eps: Array) -> tuple[Array, tuple[Array, Array | None]]:
-        strained_pos, strained_cell = strain(graph, pos, cell, eps)
-        outputs = model(graph, positions=strained_pos, cell=strained_cell, **kwargs)
-        node_energies, charges = _node_energies(outputs)
+        strained = eqx.tree_at(
+            lambda g: (g.positions, g.cell), graph, strain(graph, pos, cell, eps)
+        )
+        node_energies, charges = node_energies_of(model(strained), "predict")
         return jnp.sum(node_energies), (node_energies, charges)
 
     strains = jnp.zeros((num_graphs, 3, 3), dtype)

@@ -47,6 +47,7 @@ PUBLIC_MODULES = [
     "eqmlip.training.distributed",
     "eqmlip.testing",
     "eqmlip.interop",
+    "eqmlip.models",
     "eqmlip.models.nequip",
     "eqmlip.potential",
     "eqmlip.parallel",

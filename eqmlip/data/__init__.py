@@ -13,6 +13,8 @@ from ._batching import (
     GraphLoader as GraphLoader,
     make_batch as make_batch,
 )
+from ._config import DataConfig as DataConfig, load_datasets as load_datasets
+from ._generated import emt_alloy_dataset as emt_alloy_dataset
 from ._statistics import (
     DatasetStatistics as DatasetStatistics,
     split as split,

@@ -10,9 +10,9 @@ Data parallelism (`num_devices` > 1): `group_batches` stacks one padded batch pe
 jitted step with the global masked-mean loss; `eqmlip.training.distributed` spans hosts.
 """
 
+from ..data import emt_alloy_dataset as emt_alloy_dataset
 from . import distributed as distributed
 from ._config import TrainConfig as TrainConfig
-from ._default import emt_alloy_dataset as emt_alloy_dataset
 from ._loop import (
     METRICS as METRICS,
     Progress as Progress,
@@ -37,6 +37,17 @@ from ._parallel import (
     shard_batch as shard_batch,
     stack_batches as stack_batches,
     to_host as to_host,
+)
+from ._run import (
+    ConfigError as ConfigError,
+    ModelConfig as ModelConfig,
+    RunConfig as RunConfig,
+    RunResult as RunResult,
+    build_model as build_model,
+    make_loaders as make_loaders,
+    print_metrics as print_metrics,
+    run as run,
+    valid_keys as valid_keys,
 )
 from ._step import (
     TrainState as TrainState,

@@ -21,6 +21,7 @@ from jaxtyping import PyTree
 
 from ..data import GraphLoader
 from ..io import load_model, model_header, save_model
+from ..models._potential import AbstractPotential, parameter_dtype, potential_name
 from ._config import TrainConfig
 from ._loss import ERROR_SUMS, Loss, batch_error_sums
 from ._parallel import (
@@ -45,13 +46,6 @@ METRICS = (
     "stress_mae",
     "stress_rmse",
 )
-
-
-def _dtype(model: PyTree) -> Any:
-    leaves = [x for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))]
-    if not leaves:
-        raise TypeError("train: the model has no floating-point parameters.")
-    return leaves[0].dtype
 
 
 def evaluate(
@@ -81,7 +75,7 @@ def evaluate(
     **Returns:** `{"energy_mae", "energy_rmse", "forces_mae", "forces_rmse", "stress_mae",
     "stress_rmse", "num_structures"[, "loss"]}`.
     """
-    dtype = _dtype(model)
+    dtype = parameter_dtype(model)
     batches = loader.batches(0) if isinstance(loader, GraphLoader) else loader
     totals: dict[str, float] = dict.fromkeys(ERROR_SUMS, 0.0)
     structures = 0
@@ -157,7 +151,7 @@ def save_checkpoint(path: str, state: TrainState, progress: Progress, config: Tr
         "format_version": CHECKPOINT_VERSION,
         "progress": dataclasses.asdict(progress),
         "train_config": _config_json(config),
-        "model": model_header(state.model) if _is_nequip(state.model) else None,
+        "model": model_header(state.model),
         "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
@@ -165,12 +159,6 @@ def save_checkpoint(path: str, state: TrainState, progress: Progress, config: Tr
     with open(tmp, "wb") as f:
         f.write(json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload)
     os.replace(tmp, path)
-
-
-def _is_nequip(model: Any) -> bool:
-    from ..models.nequip import Nequip
-
-    return isinstance(model, Nequip)
 
 
 def load_checkpoint(
@@ -327,7 +315,13 @@ def train(
         raise ValueError("train: resume=True needs config.log_dir (where the checkpoint is).")
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"train: max_steps must be >= 0 or None, got {max_steps}.")
-    dtype = _dtype(model)
+    if not isinstance(model, AbstractPotential):
+        raise TypeError(
+            f"train: model must be an eqmlip.models.AbstractPotential, got {type(model).__name__}."
+        )
+    if config.log_dir is not None:
+        potential_name(model)  # model files name the class: refuse an unregistered one now
+    dtype = parameter_dtype(model)
     n_local = resolve_num_devices(config.num_devices)
     parallel = n_local > 1 or jax.process_count() > 1
     main = jax.process_index() == 0  # the one process that writes and prints
@@ -358,11 +352,7 @@ def train(
         state = replicate(state, mesh)
     best_model = state.ema_model
     if best_path is not None and os.path.exists(best_path) and progress.best_loss is not None:
-        best_model = (
-            load_model(best_path)
-            if _is_nequip(state.ema_model)
-            else eqx.tree_deserialise_leaves(best_path, state.ema_model)
-        )
+        best_model = load_model(best_path)
 
     columns = ("epoch", "step", "lr", "train_loss", "train_energy", "train_forces", "train_stress")
     columns += tuple(f"valid_{m}" for m in ("loss", *METRICS)) + ("best_loss", "time")
@@ -375,10 +365,7 @@ def train(
     def checkpoint() -> None:
         if ckpt_path is not None and main:
             save_checkpoint(ckpt_path, state, progress, config)
-            if _is_nequip(state.model):
-                save_model(
-                    os.path.join(os.path.dirname(ckpt_path), "last_model.eqx"), state.ema_model
-                )
+            save_model(os.path.join(os.path.dirname(ckpt_path), "last_model.eqx"), state.ema_model)
 
     try:
         while progress.epoch < config.epochs and not progress.stopped_early:
@@ -437,10 +424,8 @@ def train(
                     progress.best_epoch = progress.epoch
                     progress.evals_without_improvement = 0
                     best_model = state.ema_model
-                    if best_path is not None and main and _is_nequip(best_model):
+                    if best_path is not None and main:
                         save_model(best_path, best_model, metadata={"epoch": progress.epoch})
-                    elif best_path is not None and main:
-                        eqx.tree_serialise_leaves(best_path, best_model)
                 else:
                     progress.evals_without_improvement += 1
                     if (

@@ -9,6 +9,7 @@ import optax
 from jaxtyping import Array, Float, Int, PyTree
 
 from ..data import Batch
+from ..models._potential import AbstractPotential
 from ._config import TrainConfig
 from ._loss import Loss
 
@@ -57,12 +58,11 @@ def loss_from_config(config: TrainConfig) -> Loss:
 
 
 def trainable(model: PyTree) -> PyTree:
-    """The filter of trainable leaves: inexact arrays, except a model's `atomic_energies` (E0s,
-    fixed from the data statistics, as the forward pass already `stop_gradient`s them)."""
-    mask = jax.tree.map(eqx.is_inexact_array, model)
-    if getattr(model, "atomic_energies", None) is not None:
-        mask = eqx.tree_at(lambda m: m.atomic_energies, mask, False)
-    return mask
+    """The filter of trainable leaves: a potential's `trainable_mask()` (e.g. NequIP leaves its
+    E0s fixed), or every inexact array of any other pytree."""
+    if isinstance(model, AbstractPotential):
+        return model.trainable_mask()
+    return jax.tree.map(eqx.is_inexact_array, model)
 
 
 class TrainState(eqx.Module):

@@ -96,7 +96,11 @@ def test_forces_and_stress_are_derivatives_of_the_energy():
         atoms = _silicon()
         graph = Graph.from_atoms(atoms, CUTOFF)
         out = _predict(model, graph)
-        total = eqx.filter_jit(lambda m, p, c: jnp.sum(m(graph, positions=p, cell=c).node_energies))
+        def energy(m, p, c):
+            moved = eqx.tree_at(lambda g: (g.positions, g.cell), graph, (p, c))
+            return jnp.sum(m(moved).node_energies)
+
+        total = eqx.filter_jit(energy)
         pos0, cell0 = jnp.asarray(graph.positions), jnp.asarray(graph.cell)
 
         h = 1e-5
@@ -159,14 +163,16 @@ def test_partial_charges_coulomb_and_charge_embedding():
     lr_batch = pad_graph(
         batch_graphs(long_range), 3 * len(atoms) + 1, 3 * long_range[0].num_edges + 2, 4
     )
-    out = _predict(model, batch, long_range_graph=lr_batch)
+    out = _predict(model, batch.with_long_range(lr_batch))
     totals = jax.ops.segment_sum(_arr(out.partial_charges), batch.node_graph_index(), 4)
     assert np.allclose(totals, [-1, 1, 5, 0], atol=1e-5)
     assert not np.any(np.asarray(_arr(out.partial_charges)[3 * len(atoms) :]))
     assert _arr(out.dipole) is not None and np.all(np.isfinite(np.asarray(_arr(out.dipole))))
     assert abs(float(out.energy[0] - out.energy[1])) > 1e-4  # the total charge is embedded
-    with pytest.raises(ValueError, match="long_range_graph"):
+    with pytest.raises(ValueError, match="long-range edges"):
         _predict(model, batch)
+    with pytest.raises(ValueError, match="same atoms"):
+        batch.with_long_range(long_range[0])
     assert np.all(np.isfinite(np.asarray(_arr(out.forces))))
     # Coulomb kernel: 1/r at long range, finite at 0 with a finite gradient.
     r = jnp.asarray([0.0, 1.0, 6.0])

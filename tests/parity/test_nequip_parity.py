@@ -204,12 +204,11 @@ def _check(x64, config_kwargs, two_datasets, total_charges, long_range):
             force_field.params, _mlip_batch(structures, dataset_info, dataset_idx, charges)
         )
     graph = _eqmlip_batch(structures, CUTOFF, dataset_idx, charges)
-    kwargs = {}
     if long_range:
-        kwargs["long_range_graph"] = _eqmlip_batch(
-            structures, LONG_RANGE_CUTOFF, dataset_idx, charges
+        graph = graph.with_long_range(
+            _eqmlip_batch(structures, LONG_RANGE_CUTOFF, dataset_idx, charges)
         )
-    actual = run(model, graph, **kwargs)
+    actual = run(model, graph)
 
     nodes = int(np.sum(graph.n_node[:n]))
     forces, stress, virial = _arr(actual.forces), _arr(actual.stress), _arr(actual.virial)

@@ -31,7 +31,7 @@ def test_train_evaluate_md(tmp_path, capsys, alloy_structures):
     assert "test metrics (3 structures" in printed and "force std" in printed
     model_path = out_dir / "model.eqx"
     header = read_header(model_path)
-    assert header["config"]["target_irreps"] == "4x0e+2x1o"
+    assert header["hyperparameters"]["config"]["target_irreps"] == "4x0e+2x1o"
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["test_metrics"]["forces_mae"] > 0
     assert len((out_dir / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import equinox as eqx
@@ -43,8 +44,11 @@ def test_round_trip_gives_identical_predictions(alloy_structures, model, saved):
     assert header["format_version"] == FORMAT_VERSION
     assert header["species"] == list(model.species)
     assert header["metadata"] == {"note": "tiny", "epochs": 2}
-    assert header["config"]["target_irreps"] == model.config.target_irreps
-    assert header["atomic_energies"][0] == pytest.approx(np.asarray(model.atomic_energies[0]))
+    assert header["hyperparameters"]["config"]["target_irreps"] == model.config.target_irreps
+    e0 = header["hyperparameters"]["atomic_energies"][0]
+    assert [e0[str(z)] for z in model.species] == pytest.approx(
+        np.asarray(model.atomic_energies[0])
+    )
 
 
 def _rewrite_header(data: bytes, **changes) -> bytes:
@@ -76,9 +80,41 @@ def test_corrupted_files_are_refused(saved, tmp_path):
     corrupted.write_bytes(bytes(flipped))
     with pytest.raises(ValueError, match="corrupted: the SHA-256"):
         load_model(corrupted)
+    # An edited header (here the cutoff, which would load and predict garbage) is refused too.
+    hyperparameters = json.loads(data.split(b"\n", 1)[0])["hyperparameters"]
+    edited = tmp_path / "edited.eqx"
+    edited.write_bytes(_rewrite_header(data, hyperparameters={**hyperparameters, "cutoff": 5.0}))
+    with pytest.raises(ValueError, match="corrupted: the SHA-256"):
+        load_model(edited)
     other = tmp_path / "other.eqx"
     other.write_bytes(b"\x00\x01 not a model")
     with pytest.raises(ValueError, match="not an eqmlip model file"):
         load_model(other)
     with pytest.raises(TypeError, match="JSON-serialisable"):
         save_model(tmp_path / "bad.eqx", load_model(saved), metadata={"x": object()})
+
+
+def test_format_1_files_still_load(saved, tmp_path, model):
+    """Files written before the model-agnostic header (NequIP only, parameters checksummed)."""
+    data = saved.read_bytes()
+    line, payload = data.split(b"\n", 1)
+    header = json.loads(line)
+    hp = header["hyperparameters"]
+    v1 = {
+        "format": "eqmlip-model",
+        "format_version": 1,
+        "model": "Nequip",
+        **{k: hp[k] for k in ("config", "species", "cutoff", "avg_num_neighbors")},
+        **{k: hp[k] for k in ("total_charges", "long_range_cutoff", "energy_scale")},
+        "energy_shift": hp["energy_shift"],
+        "atomic_energies": [[row[str(z)] for z in hp["species"]] for row in hp["atomic_energies"]],
+        "dtype": header["dtype"],
+        "metadata": {},
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    path = tmp_path / "v1.eqx"
+    path.write_bytes(json.dumps(v1).encode() + b"\n" + payload)
+    loaded = load_model(path)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(model), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))

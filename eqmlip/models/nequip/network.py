@@ -1,8 +1,9 @@
 """The NequIP network over an [`eqmlip.Graph`][]: per-atom energies (and partial charges)."""
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -16,6 +17,7 @@ from ..._misc import resolve_dtype
 from ...graph import Graph, species_index
 from ...nn import MultiHeadReadoutBlock, select_head
 from ...ops.nequip import SCALAR, mask_rows, safe_norm, segment_sum
+from .._potential import AbstractPotential, PotentialOutputs, register_potential
 from .blocks import NequipEmbeddingBlock, NequipLayer
 from .config import NequipConfig
 
@@ -27,20 +29,9 @@ PHYSNET_ENVELOPE_CUTOFF = 10.0
 _MAX_Z = 118
 
 
-class NequipOutputs(NamedTuple):
-    """What [`eqmlip.models.nequip.Nequip`][] computes for a graph.
-
-    - `node_energies`: `[nodes]` per-atom energies (readout, scaling, E0s and, with the Coulomb
-        term, each atom's half of its pair energies); 0 on padding.
-    - `partial_charges`: `[nodes]` charges corrected to the total charge of their graph (0 on
-        padding), or `None`.
-    - `uncorrected_charge`: `[graphs]` the sum of the charges before the correction (mlip's
-        `non_corrected_charge`, used by charge losses), or `None`.
-    """
-
-    node_energies: Float[Array, " nodes"]
-    partial_charges: Float[Array, " nodes"] | None
-    uncorrected_charge: Float[Array, " graphs"] | None
+# What `Nequip.__call__` returns: the generic outputs of a potential (kept under this name for
+# code written against earlier eqmlip releases).
+NequipOutputs = PotentialOutputs
 
 
 def _name(option: Any) -> str:
@@ -100,7 +91,8 @@ def physnet_switch(r: Float[Array, " edges"]) -> Float[Array, " edges"]:
     return s / jnp.sqrt(r**2 + 1.0) + (1.0 - s) * inverse
 
 
-class Nequip(eqx.Module):
+@register_potential(name="nequip")
+class Nequip(AbstractPotential):
     """NequIP (Batzner et al., 2022) as mlip 0.2.5 computes it: Equinox counterpart of
     `mlip.models.nequip.network.Nequip`, on [`eqmlip.Graph`][].
 
@@ -151,6 +143,8 @@ class Nequip(eqx.Module):
     long_range_cutoff: float | None = eqx.field(static=True)
     energy_scale: float = eqx.field(static=True)
     energy_shift: float = eqx.field(static=True)
+
+    config_class: ClassVar[type | None] = NequipConfig
 
     def __init__(
         self,
@@ -263,31 +257,102 @@ class Nequip(eqx.Module):
             )
 
     @property
+    def num_heads(self) -> int:
+        """The readout heads, or the rows of the E0 table if there are more."""
+        return max(self.config.num_readout_heads, int(self.atomic_energies.shape[0]))
+
+    @property
+    def deterministic_scatter(self) -> bool:
+        """`config.deterministic_scatter_ops`."""
+        return self.config.deterministic_scatter_ops
+
+    def trainable_mask(self) -> Any:
+        """Every inexact array except `atomic_energies` (E0s fixed from the data statistics, as
+        the forward pass already `stop_gradient`s them)."""
+        mask = super().trainable_mask()
+        return eqx.tree_at(lambda m: m.atomic_energies, mask, False)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor's arguments as JSON values (NaN E0s, for species a dataset lacks,
+        become `null`)."""
+        table = np.asarray(self.atomic_energies, dtype=np.float64)
+        return {
+            "config": _config_json(self.config),
+            "species": list(self.species),
+            "cutoff": self.cutoff,
+            "avg_num_neighbors": self.avg_num_neighbors,
+            "atomic_energies": [
+                {
+                    str(z): (None if math.isnan(e) else float(e))
+                    for z, e in zip(self.species, row, strict=True)
+                }
+                for row in table
+            ],
+            "total_charges": None if self.total_charges is None else list(self.total_charges),
+            "long_range_cutoff": self.long_range_cutoff,
+            "energy_scale": self.energy_scale,
+            "energy_shift": self.energy_shift,
+        }
+
+    @classmethod
+    def from_hyperparameters(
+        cls, hyperparameters: Mapping[str, Any], *, dtype: Any, key: PRNGKeyArray
+    ) -> "Nequip":
+        """The inverse of [`eqmlip.models.nequip.Nequip.hyperparameters`][]."""
+        values = dict(hyperparameters)
+        config = NequipConfig(**values.pop("config"))
+        energies = values.pop("atomic_energies")
+        table = [
+            {int(z): (math.nan if e is None else float(e)) for z, e in row.items()}
+            for row in energies
+        ]
+        return cls(config, atomic_energies=table, dtype=dtype, key=key, **values)
+
+    @classmethod
+    def from_statistics(
+        cls,
+        config: Any,
+        statistics: Any,
+        *,
+        cutoff: float,
+        energy_scale: float,
+        dtype: Any,
+        key: PRNGKeyArray,
+    ) -> "Nequip":
+        """A new NequIP for a dataset: its species, E0s and average neighbour count.
+
+        **Arguments:**
+
+        - `config`: a [`eqmlip.models.nequip.NequipConfig`][].
+        - `statistics`: the training set's [`eqmlip.data.DatasetStatistics`][].
+        - `cutoff`, `energy_scale`, `dtype`, `key`: as in the constructor.
+        """
+        return cls(
+            config,
+            statistics.species,
+            cutoff=cutoff,
+            avg_num_neighbors=statistics.avg_num_neighbors,
+            atomic_energies=statistics.atomic_energies,
+            energy_scale=energy_scale,
+            dtype=dtype,
+            key=key,
+        )
+
+    @property
     def irreps_latent(self) -> e3nn.Irreps:
         """The irreps the readout reads (the even scalars of the last layer)."""
         return self.layers[-1].irreps_out
 
-    def __call__(
-        self,
-        graph: Graph,
-        *,
-        positions: Float[Array, "nodes 3"] | None = None,
-        cell: Float[Array, "graphs 3 3"] | None = None,
-        long_range_graph: Graph | None = None,
-    ) -> NequipOutputs:
+    def __call__(self, graph: Graph) -> PotentialOutputs:
         """Per-atom energies (and charges) of every structure in `graph`.
 
         **Arguments:**
 
         - `graph`: an [`eqmlip.Graph`][] (padded or not) whose edges were built with
-            `self.cutoff`.
-        - `positions`, `cell`: override `graph.positions` and `graph.cell`, e.g. strained
-            copies to differentiate through ([`eqmlip.potential`][] does this).
-        - `long_range_graph`: the same atoms with edges within `long_range_cutoff` (e.g.
-            `Graph.from_atoms(atoms, model.long_range_cutoff)`, padded to the same number of
-            nodes and graphs); required by `use_coulomb_term`, unused otherwise.
+            `self.cutoff`. With `use_coulomb_term`, it must also carry long-range edges within
+            `long_range_cutoff` (`graph.with_long_range(...)`, see [`eqmlip.Graph`][]).
 
-        **Returns:** a [`eqmlip.models.nequip.NequipOutputs`][], in the dtype of the positions.
+        **Returns:** a [`eqmlip.models.PotentialOutputs`][], in the dtype of the positions.
         """
         config = self.config
         deterministic = config.deterministic_scatter_ops
@@ -297,7 +362,7 @@ class Nequip(eqx.Module):
         species = jnp.asarray(
             species_index(jnp.asarray(graph.atomic_numbers), self.species, node_mask)
         )
-        vectors = graph.edge_vectors(positions, cell)
+        vectors = graph.edge_vectors()
         dtype = vectors.dtype
 
         charge_index = None
@@ -348,42 +413,38 @@ class Nequip(eqx.Module):
             correction = jnp.where(n_node == 0, 0.0, (uncorrected - total) / safe_n)
             charges = jnp.where(node_mask, charges - correction[node_graph], 0.0)
             if config.use_coulomb_term:
-                energies = energies + self._coulomb(
-                    charges, graph, long_range_graph, positions, cell
-                )
+                energies = energies + self._coulomb(charges, graph)
 
         energies = jnp.where(node_mask, energies, 0.0)
-        return NequipOutputs(energies, charges, uncorrected)
+        return PotentialOutputs(energies, charges, uncorrected)
 
-    def _coulomb(
-        self,
-        charges: Float[Array, " nodes"],
-        graph: Graph,
-        long_range_graph: Graph | None,
-        positions: Float[Array, "nodes 3"] | None,
-        cell: Float[Array, "graphs 3 3"] | None,
-    ) -> Float[Array, " nodes"]:
-        """Each atom's half of the Coulomb pair energies `k_e q_i q_j phi(r_ij)`."""
-        if long_range_graph is None:
+    def _coulomb(self, charges: Float[Array, " nodes"], graph: Graph) -> Float[Array, " nodes"]:
+        """Each atom's half of the Coulomb pair energies `k_e q_i q_j phi(r_ij)` over the
+        graph's long-range edges."""
+        long_range = graph.long_range
+        if long_range is None:
             raise ValueError(
-                "Nequip: use_coulomb_term needs long_range_graph (the same atoms with edges "
-                f"within long_range_cutoff={self.long_range_cutoff})."
+                "Nequip: use_coulomb_term needs long-range edges in the graph (the same atoms "
+                f"with edges within long_range_cutoff={self.long_range_cutoff}); attach them "
+                "with graph.with_long_range(long_range_graph)."
             )
-        if (long_range_graph.num_nodes, long_range_graph.num_graphs) != (
-            graph.num_nodes,
-            graph.num_graphs,
-        ):
-            raise ValueError(
-                f"Nequip: long_range_graph has {long_range_graph.num_nodes} nodes and "
-                f"{long_range_graph.num_graphs} graphs, but graph has {graph.num_nodes} and "
-                f"{graph.num_graphs}; build both from the same atoms and pad them alike."
-            )
-        vectors = long_range_graph.edge_vectors(positions, cell)
-        r = safe_norm(vectors)
-        senders = jnp.asarray(long_range_graph.senders)
-        receivers = jnp.asarray(long_range_graph.receivers)
+        r = safe_norm(graph.edge_vectors(long_range=True))
+        senders, receivers = long_range.senders, long_range.receivers
         pair = COULOMB_CONSTANT * charges[senders] * charges[receivers] * physnet_switch(r)
-        pair = mask_rows(pair, jnp.asarray(long_range_graph.edge_mask))
+        pair = mask_rows(pair, long_range.edge_mask)
         return 0.5 * segment_sum(
             pair, receivers, graph.num_nodes, deterministic=self.config.deterministic_scatter_ops
         )
+
+
+def _config_json(config: NequipConfig) -> dict[str, Any]:
+    """A config's fields as JSON values."""
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, Mapping):
+            value = dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[field.name] = value
+    return out

@@ -6,7 +6,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.md.langevin import Langevin
 
-from ..data import Structure
+from ._structure import Structure
 
 # Lattice constants (Å) of EMT's fcc Cu and Au; alloys start from Vegard's law between them.
 _A_CU, _A_AU = 3.61, 4.08
