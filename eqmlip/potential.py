@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .graph import Graph
-from .models._potential import AbstractPotential, node_energies_of
+from .models._potential import AbstractPotential, node_energies_of as _node_energies_of
 from .ops.nequip import segment_sum
 
 
@@ -122,7 +122,7 @@ def predict(
         strained = eqx.tree_at(
             lambda g: (g.positions, g.cell), graph, strain(graph, pos, cell, eps)
         )
-        node_energies, charges = node_energies_of(model(strained), "predict")
+        node_energies, charges = _node_energies_of(model(strained), "predict")
         return jnp.sum(node_energies), (node_energies, charges)
 
     strains = jnp.zeros((num_graphs, 3, 3), dtype)

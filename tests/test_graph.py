@@ -166,24 +166,29 @@ def _batch():
     return graphs, batch_graphs(graphs)
 
 
-def test_edge_vectors_with_overrides_and_gradient():
+def test_edge_vectors_follow_replaced_positions_and_cell_with_gradient():
     graph = Graph.from_atoms(_crystal(), 2.5)
     with jax.enable_x64(True):
         positions = jnp.asarray(graph.positions)
         cell = jnp.asarray(graph.cell)
         strain = jnp.array([[0.01, 0.002, 0], [0.002, -0.02, 0], [0, 0, 0.03]])
-        strained = graph.edge_vectors(positions + positions @ strain, cell + cell @ strain)
+
+        def moved(p, c):
+            return eqx.tree_at(lambda g: (g.positions, g.cell), graph, (p, c))
+
+        strained = moved(positions + positions @ strain, cell + cell @ strain).edge_vectors()
         # Straining positions and cell strains every edge vector the same way.
         base = graph.edge_vectors()
         np.testing.assert_allclose(strained, base + base @ strain, atol=1e-12)
 
         def energy(p, c):
-            return jnp.sum(jnp.linalg.norm(graph.edge_vectors(p, c), axis=1) ** 2)
+            return jnp.sum(jnp.linalg.norm(moved(p, c).edge_vectors(), axis=1) ** 2)
 
         grad_p, grad_c = jax.grad(energy, argnums=(0, 1))(positions, cell)
         assert np.all(np.isfinite(grad_p)) and np.abs(np.asarray(grad_c)).max() > 0
     # float32 positions give float32 vectors (shifts and cell follow the positions' dtype).
-    assert graph.edge_vectors(jnp.asarray(graph.positions, jnp.float32)).dtype == jnp.float32
+    single = moved(jnp.asarray(graph.positions, jnp.float32), cell)
+    assert single.edge_vectors().dtype == jnp.float32
 
 
 def test_batch_offsets_and_graph_indices():

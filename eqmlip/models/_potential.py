@@ -7,8 +7,8 @@ itself as JSON hyperparameters so that a model file can rebuild it.
 """
 
 import abc
-from collections.abc import Mapping
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast, overload
 
 import equinox as eqx
 import jax
@@ -82,7 +82,8 @@ class AbstractPotential(eqx.Module):
     ) -> "AbstractPotential":
         """A model with the architecture `hyperparameters` describes (the inverse of
         `hyperparameters()`), with placeholder parameters from `key`."""
-        return cls(**hyperparameters, dtype=dtype, key=key)
+        # Subclasses define the constructor; the base class cannot spell its signature.
+        return cast(Any, cls)(**hyperparameters, dtype=dtype, key=key)
 
     @classmethod
     def from_statistics(
@@ -153,7 +154,15 @@ _REGISTRY: dict[str, type[AbstractPotential]] = {}
 _P = TypeVar("_P", bound=type[AbstractPotential])
 
 
-def register_potential(cls: _P | None = None, *, name: str | None = None) -> Any:
+@overload
+def register_potential(cls: _P, *, name: str | None = None) -> _P: ...
+
+
+@overload
+def register_potential(cls: None = None, *, name: str | None = None) -> Callable[[_P], _P]: ...
+
+
+def register_potential(cls: Any = None, *, name: str | None = None) -> Any:
     """Register a potential class under a name, so that model files and run configurations can
     name it. Use as a decorator (`@register_potential` or `@register_potential(name="pair")`)
     or call it (`register_potential(MyModel)`).

@@ -14,6 +14,7 @@ import pytest
 from jaxtyping import Array, Float
 
 import eqmlip
+import eqmlip.data
 from eqmlip.calculator import EqmlipCalculator
 from eqmlip.cli import main
 from eqmlip.data import GraphLoader, emt_alloy_dataset, write_structures
@@ -139,14 +140,13 @@ def test_cli_evaluate_and_calculator_agree_with_predict(trained, capsys):
     expected = eqx.filter_jit(predict)(result.model, graph)
     assert atoms.get_potential_energy() == pytest.approx(float(expected.energy[0]), rel=1e-5)
     assert np.allclose(atoms.get_forces(), np.asarray(expected.forces), atol=1e-5)
+    assert expected.stress is not None
     stress = np.asarray(expected.stress[0])
     assert np.allclose(atoms.get_stress()[:3], np.diag(stress), atol=1e-6)
 
 
 def test_unregistered_model_is_refused_before_training(tmp_path):
-    class Unregistered(PairPotential):
-        pass
-
-    model = Unregistered((29, 79), CUTOFF, key=jr.key(0))
+    unregistered = type("Unregistered", (PairPotential,), {})  # the same model, not registered
+    model = unregistered((29, 79), CUTOFF, key=jr.key(0))
     with pytest.raises(ValueError, match="not a registered potential"):
         save_model(tmp_path / "m.eqx", model)

@@ -96,6 +96,7 @@ def test_forces_and_stress_are_derivatives_of_the_energy():
         atoms = _silicon()
         graph = Graph.from_atoms(atoms, CUTOFF)
         out = _predict(model, graph)
+
         def energy(m, p, c):
             moved = eqx.tree_at(lambda g: (g.positions, g.cell), graph, (p, c))
             return jnp.sum(m(moved).node_energies)

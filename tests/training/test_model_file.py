@@ -8,6 +8,7 @@ import pytest
 
 from eqmlip.data import Budget, make_batch, structure_graph
 from eqmlip.io import FORMAT_VERSION, load_model, read_header, save_model
+from eqmlip.models.nequip import Nequip
 from eqmlip.potential import predict
 
 from .conftest import CUTOFF
@@ -22,6 +23,7 @@ def saved(model, tmp_path_factory):
 
 def test_round_trip_gives_identical_predictions(alloy_structures, model, saved):
     loaded = load_model(saved)
+    assert isinstance(loaded, Nequip)
     assert loaded.config == model.config and loaded.species == model.species
     assert (loaded.cutoff, loaded.avg_num_neighbors, loaded.energy_scale) == (
         model.cutoff,

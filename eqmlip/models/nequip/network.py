@@ -429,9 +429,9 @@ class Nequip(AbstractPotential):
                 "with graph.with_long_range(long_range_graph)."
             )
         r = safe_norm(graph.edge_vectors(long_range=True))
-        senders, receivers = long_range.senders, long_range.receivers
+        senders, receivers = jnp.asarray(long_range.senders), jnp.asarray(long_range.receivers)
         pair = COULOMB_CONSTANT * charges[senders] * charges[receivers] * physnet_switch(r)
-        pair = mask_rows(pair, long_range.edge_mask)
+        pair = mask_rows(pair, jnp.asarray(long_range.edge_mask))
         return 0.5 * segment_sum(
             pair, receivers, graph.num_nodes, deterministic=self.config.deterministic_scatter_ops
         )
