@@ -3,6 +3,10 @@ import jax
 import jax.random as jr
 import pytest
 
+from eqmlip.data import emt_alloy_dataset
+
+from .helpers import tiny_model
+
 # Equinox's own test settings: no silent dtype promotion, NaNs raise.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_debug_nans", True)
@@ -43,3 +47,14 @@ def x64(request):
     """Run the test body with `jax_enable_x64` off and on."""
     with jax.enable_x64(request.param):
         yield request.param
+
+
+@pytest.fixture(scope="session")
+def alloy_structures():
+    """16 Cu-Au cells of 8 atoms with EMT energy, forces and stress."""
+    return emt_alloy_dataset(16, seed=1, repeat=(2, 1, 1), snapshots_per_trajectory=4)
+
+
+@pytest.fixture(scope="session")
+def model(alloy_structures):
+    return tiny_model(alloy_structures)

@@ -1,7 +1,11 @@
 """Shared test utilities."""
 
 import equinox as eqx
+import jax.random as jr
 import numpy as np
+
+from eqmlip.data import GraphLoader, statistics
+from eqmlip.models.nequip import Nequip, NequipConfig
 
 
 def relative_error(actual, expected) -> float:
@@ -36,3 +40,38 @@ class CountingApply:
 
     def __call__(self, model, *args):
         return self._apply(model, *args)
+
+
+# A tiny NequIP on a tiny EMT Cu-Au dataset, shared by the training, io, cli and calculator tests.
+CUTOFF = 3.5
+TINY = NequipConfig(
+    num_layers=1, target_irreps="4x0e + 2x1o", l_max=1, num_rbf=4, radial_mlp_hidden=(8,)
+)
+
+
+def tiny_model(structures, *, heads: int = 1, seed: int = 0) -> Nequip:
+    stats = statistics(structures, cutoff=CUTOFF)
+    config = TINY if heads == 1 else NequipConfig(**{**TINY.__dict__, "num_readout_heads": heads})
+    return Nequip(
+        config,
+        stats.species,
+        cutoff=CUTOFF,
+        avg_num_neighbors=stats.avg_num_neighbors,
+        atomic_energies=stats.atomic_energies,
+        energy_scale=stats.force_rms or 1.0,
+        key=jr.key(seed),
+    )
+
+
+def loader(structures, *, batch_size=4, shuffle=True, seed=0):
+    """One bucket and fixed limits, so every loader over these structures has one shape."""
+    return GraphLoader(
+        structures,
+        CUTOFF,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        num_buckets=1,
+        max_nodes=8 * batch_size,
+        max_edges=150 * batch_size,
+    )

@@ -21,7 +21,7 @@ from eqmlip.training import (
     trainable,
 )
 
-from .conftest import CUTOFF, loader, tiny_model
+from ..helpers import CUTOFF, loader, tiny_model
 
 FAST: dict[str, Any] = dict(
     batch_size=4, num_buckets=1, learning_rate=1e-2, warmup_steps=2, quiet=True

@@ -11,7 +11,7 @@ from eqmlip.io import FORMAT_VERSION, load_model, read_header, save_model
 from eqmlip.models.nequip import Nequip
 from eqmlip.potential import predict
 
-from .conftest import CUTOFF
+from .helpers import CUTOFF
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,15 @@
+import dataclasses
 import json
 
+import jax
+import numpy as np
 import pytest
 import yaml
 
 from eqmlip.cli import ConfigError, load_config, main, parse_overrides
 from eqmlip.data import write_structures
-from eqmlip.io import read_header
+from eqmlip.io import load_model, read_header
+from eqmlip.training import RunConfig, TrainConfig, run
 
 TINY_ARGS = [
     "--data.num_generated=12",
@@ -82,3 +86,19 @@ def test_bad_config_exits_with_message(tmp_path, capsys):
     assert "unknown key model.lmax" in capsys.readouterr().err
     assert main(["train", "--train.epochs=0", f"--output_dir={tmp_path}"]) == 2
     assert "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_a_script_reproduces_the_cli(tmp_path):
+    """`eqmlip train ARGS` is `run(RunConfig.from_dict(...))` of the same keys: same model."""
+    args = [a for a in TINY_ARGS if not a.startswith("--train.epochs")] + ["--train.epochs=1"]
+    assert main(["train", f"--output_dir={tmp_path / 'cli'}", *args]) == 0
+    overrides = parse_overrides([f"--output_dir={tmp_path / 'script'}", *args])
+    result = run(RunConfig.from_dict(overrides))
+    from_cli = load_model(tmp_path / "cli" / "model.eqx")
+    for a, b in zip(jax.tree.leaves(from_cli), jax.tree.leaves(result.model), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # The written config is complete: every field of every section, and it reruns as is.
+    written = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    assert RunConfig.from_dict(written).to_dict() == written
+    assert set(written["model"]) >= {"name", "cutoff", "num_layers", "gate_nonlinearities"}
+    assert set(written["train"]) == {f.name for f in dataclasses.fields(TrainConfig)}
