@@ -11,6 +11,7 @@ eqmlip md runs/default/model.eqx structure.xyz --steps 200
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -53,8 +54,8 @@ def default_config() -> dict[str, Any]:
     return RunConfig.default_dict()
 
 
-def _config_error(message: str) -> Exception:
-    return ConfigError(f"eqmlip train: {message}")
+def _config_error(message: str, command: str = "train") -> Exception:
+    return ConfigError(f"eqmlip {command}: {message}")
 
 
 def _model_name(config: Mapping[str, Any]) -> str:
@@ -201,9 +202,26 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
 
     from .calculator import EqmlipCalculator
 
-    atoms = ase.io.read(args.structure, index=args.index)
+    # Refuse bad options before reading the model or compiling anything.
+    for name, value, ok, expected in (
+        ("--timestep", args.timestep, args.timestep > 0, "> 0 fs"),
+        ("--temperature", args.temperature, args.temperature >= 0, ">= 0 K"),
+        ("--steps", args.steps, args.steps >= 1, ">= 1"),
+        ("--friction", args.friction, args.friction >= 0, ">= 0 (1/fs)"),
+    ):
+        if not (ok and math.isfinite(value)):
+            raise _config_error(f"{name} must be {expected}, got {value}.", "md")
+    try:
+        atoms = ase.io.read(args.structure, index=args.index)
+    except (IndexError, StopIteration):
+        frames = len(ase.io.read(args.structure, index=":"))
+        raise _config_error(
+            f"--index {args.index} is past the end of {args.structure} ({frames} frame(s): "
+            f"valid indices are {-frames}..{frames - 1}).",
+            "md",
+        ) from None
     if isinstance(atoms, list):
-        raise _config_error(f"eqmlip md: --index must select one frame, got {args.index!r}.")
+        raise _config_error(f"--index must select one frame, got {args.index!r}.", "md")
     calc = EqmlipCalculator(args.model)
     atoms.calc = calc
     rng = np.random.default_rng(args.seed)
@@ -215,7 +233,7 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
             atoms,
             args.timestep * units.fs,
             temperature_K=args.temperature,
-            friction=args.friction,
+            friction=args.friction / units.fs,  # ASE's Langevin takes 1/(ASE time unit)
             fixcm=False,
             rng=rng,
         )
@@ -232,6 +250,10 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
     if args.trajectory:
         writer = open(args.trajectory, "w")
         dynamics.attach(lambda: ase.io.write(writer, atoms, format="extxyz"), interval=10)
+    # The first force evaluation compiles the model: timed apart from the steps.
+    start = time.perf_counter()
+    atoms.get_forces()
+    compile_time = time.perf_counter() - start
     start = time.perf_counter()
     try:
         dynamics.run(args.steps)
@@ -248,6 +270,7 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
         "mean_temperature_k": float(np.mean(temperatures)),
         "final_temperature_k": float(temperatures[-1]),
         "steps_per_second": args.steps / elapsed if elapsed > 0 else math.inf,
+        "compile_time_s": compile_time,
         "compilations": calc.num_compilations,
     }
     if args.json:
@@ -255,8 +278,8 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print(
             f"md: {args.steps} steps of {args.timestep} fs ({args.thermostat}) on "
-            f"{len(atoms)} atoms, {out['steps_per_second']:.1f} steps/s, "
-            f"{out['compilations']} compilation(s)\n"
+            f"{len(atoms)} atoms, {out['steps_per_second']:.1f} steps/s after "
+            f"{compile_time:.1f} s of compilation ({out['compilations']} compilation(s))\n"
             f"  total energy drift {out['energy_drift_per_atom']:.3e} eV/atom "
             f"(max deviation {out['max_energy_deviation_per_atom']:.3e} eV/atom)\n"
             f"  temperature mean {out['mean_temperature_k']:.1f} K, final "
@@ -318,16 +341,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {section}: {', '.join(keys)}" if keys else f"  {section}")
             return 0
         path = rest[0] if rest and not rest[0].startswith("--") else None
+        config: Mapping[str, Any] = default_config()
         try:
             config = load_config(path, rest[1:] if path is not None else rest)
             run_train(config)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            checkpoint = os.path.join(str(config["output_dir"]), "checkpoint.eqx")
+            command = " ".join(["eqmlip", *argv, "--resume=true"])
+            print(
+                f"\ninterrupted: the checkpoint is {checkpoint}; resume with: {command}",
+                file=sys.stderr,
+            )
+            return 130
         return 0
     args = _parser().parse_args(argv)
-    if args.command == "evaluate":
-        run_evaluate(args)
-    elif args.command == "md":
-        run_md(args)
+    try:
+        if args.command == "evaluate":
+            run_evaluate(args)
+        elif args.command == "md":
+            run_md(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0

@@ -1,10 +1,14 @@
 import dataclasses
 import json
+import re
 
+import ase.md.langevin
 import jax
 import numpy as np
 import pytest
 import yaml
+from ase import units
+from ase.md.langevin import Langevin
 
 from eqmlip.cli import ConfigError, load_config, main, parse_overrides
 from eqmlip.data import write_structures
@@ -24,7 +28,7 @@ TINY_ARGS = [
 ]
 
 
-def test_train_evaluate_md(tmp_path, capsys, alloy_structures):
+def test_train_evaluate_md(tmp_path, capsys, alloy_structures, monkeypatch):
     config = tmp_path / "tiny.yaml"
     config.write_text(
         yaml.safe_dump({"data": {"split": [0.5, 0.25, 0.25]}, "train": {"batch_size": 3}})
@@ -49,6 +53,44 @@ def test_train_evaluate_md(tmp_path, capsys, alloy_structures):
     assert main(["md", str(model_path), str(data), "--steps=5", "--json"]) == 0
     md = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert md["steps"] == 5 and md["compilations"] == 1 and md["mean_temperature_k"] > 0
+    assert md["compile_time_s"] > 0 and md["steps_per_second"] > 0
+
+    # The friction given in 1/fs is the thermostat's, converted to ASE's time unit.
+    used = {}
+
+    class Spy(Langevin):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            used["friction_per_fs"] = self.fr * units.fs
+
+    monkeypatch.setattr(ase.md.langevin, "Langevin", Spy)
+    args = ["md", str(model_path), str(data), "--steps=2", "--json", "--thermostat=langevin"]
+    assert main([*args, "--friction=0.02"]) == 0
+    assert used["friction_per_fs"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("--timestep=0", "--timestep must be > 0 fs, got 0.0"),
+        ("--timestep=-1", "--timestep must be > 0 fs, got -1.0"),
+        ("--temperature=-5", "--temperature must be >= 0 K, got -5.0"),
+        ("--steps=0", "--steps must be >= 1, got 0"),
+        ("--friction=-0.1", re.escape("--friction must be >= 0 (1/fs), got -0.1")),
+        (
+            "--index=3",
+            r"--index 3 is past the end of .*data.xyz \(3 frame\(s\): valid indices are -3..2\)",
+        ),
+    ],
+)
+def test_md_refuses_bad_options_in_one_line(tmp_path, capsys, alloy_structures, option, message):
+    data = tmp_path / "data.xyz"
+    write_structures(data, alloy_structures[:3])
+    # Refused before the (here missing) model file is read or anything is compiled.
+    assert main(["md", str(tmp_path / "missing.eqx"), str(data), option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: eqmlip md: ")
+    assert re.search(message, err)
 
 
 def test_overrides_are_parsed():

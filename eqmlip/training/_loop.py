@@ -136,8 +136,9 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
     return out
 
 
-# Fields that may differ when resuming: they change neither the numerics nor the schedule.
-_RESUMABLE_CHANGES = {"quiet", "log_dir", "checkpoint_every", "patience", "eval_every"}
+# Fields that may differ when resuming: they change neither the numerics nor the schedule, except
+# `epochs`, which may be raised to train longer (the learning-rate schedule is then stretched).
+_RESUMABLE_CHANGES = {"quiet", "log_dir", "checkpoint_every", "patience", "eval_every", "epochs"}
 
 
 def save_checkpoint(path: str, state: TrainState, progress: Progress, config: TrainConfig) -> None:
@@ -297,7 +298,9 @@ def train(
     - `train_loader`: a [`eqmlip.data.GraphLoader`][] of the training set.
     - `valid_loader`: a loader of the validation set, or `None`.
     - `config`: a [`eqmlip.training.TrainConfig`][] (`None`: the defaults).
-    - `resume`: continue from `config.log_dir`'s checkpoint if there is one.
+    - `resume`: continue from `config.log_dir`'s checkpoint (an error if there is none).
+        `config.epochs` may be raised on resume; any other change of a setting that affects
+        the numbers is refused, naming the field.
     - `max_steps`: stop (with a checkpoint) once this many steps in total have been taken.
     - `callback`: called with each log row.
 
@@ -341,8 +344,15 @@ def train(
             os.makedirs(config.log_dir, exist_ok=True)
         ckpt_path = os.path.join(config.log_dir, "checkpoint.eqx")
         best_path = os.path.join(config.log_dir, "best_model.eqx")
-        if resume and os.path.exists(ckpt_path):
+        if resume:
+            if not os.path.exists(ckpt_path):
+                raise ValueError(
+                    f"train: resume=True, but there is no checkpoint {ckpt_path!r} to resume "
+                    "from; start without resume (or point log_dir at the interrupted run)."
+                )
             state, progress = load_checkpoint(ckpt_path, state, config)
+            if not config.quiet and main:
+                print(f"resuming at epoch {progress.epoch + 1}, step {progress.step}", flush=True)
         elif not resume and main:
             for name in ("log.csv", "log.jsonl", "checkpoint.eqx", "best_model.eqx"):
                 if os.path.exists(os.path.join(config.log_dir, name)):
@@ -360,6 +370,8 @@ def train(
     history: list[dict[str, Any]] = []
     disable_bar = config.quiet or not sys.stderr.isatty() or not main
     eval_loader = valid_loader if valid_loader is not None else train_loader
+    # Without a validation set the EMA model is evaluated on the training set: say so.
+    eval_name = "valid" if valid_loader is not None else "train"
     start_time = time.perf_counter()
 
     def checkpoint() -> None:
@@ -433,15 +445,14 @@ def train(
                         and progress.evals_without_improvement >= config.patience
                     ):
                         progress.stopped_early = True
-                n = max(len(device_terms), 1)
+                # An epoch resumed after its last step took none here: its training terms are
+                # unknown (None: empty in the CSV, null in the JSONL), never a fake 0.
+                n = len(device_terms)
                 row = {
                     "epoch": progress.epoch,
                     "step": progress.step,
                     "lr": schedule_lr(progress.step),
-                    "train_loss": sums["loss"] / n,
-                    "train_energy": sums["energy"] / n,
-                    "train_forces": sums["forces"] / n,
-                    "train_stress": sums["stress"] / n,
+                    **{f"train_{k}": sums[k] / n if n else None for k in sums},
                     **{f"valid_{k}": metrics.get(k) for k in ("loss", *METRICS)},
                     "best_loss": progress.best_loss,
                     "time": time.perf_counter() - start_time,
@@ -454,10 +465,10 @@ def train(
                     print(
                         f"epoch {progress.epoch:4d}  step {progress.step:6d}  "
                         f"train loss {_fmt(row['train_loss'])}  "
-                        f"valid loss {_fmt(metrics['loss'])}  "
-                        f"E {_fmt(metrics['energy_mae'])} eV/atom  "
-                        f"F {_fmt(metrics['forces_mae'])} eV/Å  "
-                        f"S {_fmt(metrics['stress_mae'])} eV/Å³"
+                        f"{eval_name} loss {_fmt(metrics['loss'])}  "
+                        f"{eval_name} E MAE {_fmt(metrics['energy_mae'])} eV/atom  "
+                        f"F MAE {_fmt(metrics['forces_mae'])} eV/Å  "
+                        f"S MAE {_fmt(metrics['stress_mae'])} eV/Å³"
                         + ("  (early stop)" if progress.stopped_early else ""),
                         flush=True,
                     )

@@ -428,6 +428,11 @@ def run(config: RunConfig | None = None, *, model: AbstractPotential | None = No
     test_metrics = evaluate(result.model, loaders[2], loss=loss) if loaders[2] else None
     if test_metrics is not None:
         print_metrics(f"test metrics ({len(test_set)} structures, EMA model):", test_metrics)
+    else:
+        print(
+            "test metrics: none, the test set is empty (data.test is unset and data.split "
+            f"{list(config.data.split)} leaves it no structure)."
+        )
     print(
         f"data force std {_num(stats.force_std)} eV/Å, energy/atom std "
         f"{_num(stats.energy_per_atom_std)} eV/atom"

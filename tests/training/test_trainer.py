@@ -152,3 +152,35 @@ def test_early_stopping(alloy_structures, model):
     assert result.progress.stopped_early
     assert result.progress.epoch == 3 and len(result.history) == 3
     assert result.progress.best_epoch == 1
+
+
+def test_resume_after_an_epochs_last_step(alloy_structures, model, tmp_path, monkeypatch, capsys):
+    """A run killed between an epoch's last step (checkpointed) and its evaluation."""
+    from eqmlip.training import _loop
+
+    train_set = alloy_structures[:12]  # 3 batches per epoch
+    config = TrainConfig(epochs=1, checkpoint_every=3, log_dir=str(tmp_path), **FAST)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed before the evaluation")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_loop, "evaluate", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(model, loader(train_set), None, config)
+    resumed = train(model, loader(train_set), None, config, resume=True)
+    row = resumed.history[-1]
+    assert (row["epoch"], row["step"]) == (1, 3)
+    # No step of that epoch ran in the resumed process: its training terms are unknown, not 0.
+    assert row["train_loss"] is None and row["train_forces"] is None
+    logged = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))[-1]
+    assert logged["train_loss"] == "" and float(logged["valid_loss"]) > 0
+
+    # Training longer than first planned is allowed on resume, and says where it resumes.
+    longer = train(model, loader(train_set), None, config.replace(epochs=2, quiet=False), resume=True)
+    assert (longer.progress.epoch, longer.progress.step) == (2, 6)
+    assert "resuming at epoch 2, step 3" in capsys.readouterr().out
+    assert longer.history[-1]["train_loss"] > 0
+
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(model, loader(train_set), None, config.replace(log_dir=str(tmp_path / "new")), resume=True)
