@@ -5,8 +5,13 @@ A [`eqmlip.Graph`][] holds the atoms (nodes), the directed neighbour pairs withi
 structures, concatenated along each axis as in jraph. The data flow is
 
 ```
-ase.Atoms -> Graph.from_atoms (host, numpy) -> batch_graphs -> pad_graph -> device -> model
+ase.Atoms -> neighbour list (host, NumPy) -> Graph (JAX arrays from here on)
+          -> batch_graphs -> pad_graph -> model
 ```
+
+A `Graph`'s fields are always JAX arrays: the constructor converts host (NumPy) inputs once.
+[`eqmlip.data.GraphLoader`][] batches and pads many structures on the host and converts each
+batch once, so that loading never runs as many tiny device operations.
 
 Masks are explicit fields, so a batch without padding is never misread (mlip's `Graph` treats
 the last graph of any multi-graph batch as padding). Unlike mlip's `Graph`, this one carries
@@ -21,12 +26,13 @@ from typing import Any
 import ase
 import ase.data
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import matscipy.neighbours
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-# Fields are NumPy arrays on the host (as built by `from_atoms`) or JAX arrays on the device.
+# What the constructor (and `edge_vectors`) accept: host arrays are converted once there.
 # Containers are hinted as `Collection[...]`, which the runtime checker does not sample with
 # `random` (it does for `Sequence[...]`), so these helpers can run while Hypothesis draws.
 _Arr = Array | np.ndarray
@@ -34,16 +40,42 @@ _Arr = Array | np.ndarray
 _MAX_Z = len(ase.data.chemical_symbols) - 1  # 118
 
 
+def _host_value(x: _Arr) -> np.ndarray | None:
+    """`x` as a NumPy array when its values are known here; `None` under tracing (jit, grad,
+    vmap) or for arrays sharded over other processes."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return None
+    return np.asarray(x)
+
+
+def _to_device(x: _Arr) -> Array:
+    # A JAX array (a tracer under jit, or sharded) is kept as it is; host arrays are
+    # converted once, to JAX's default precision (float32 unless jax_enable_x64 is on).
+    return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
 class EdgeSet(eqx.Module):
     """A set of directed edges between the nodes of a [`eqmlip.Graph`][], beside its main
     edges (its long-range edges). Fields as the graph's edge fields: `senders`, `receivers`
-    `[edges]`, `shifts` `[edges, 3]`, `n_edge` `[graphs]`, `edge_mask` `[edges]`."""
+    `[edges]`, `shifts` `[edges, 3]`, `n_edge` `[graphs]`, `edge_mask` `[edges]` (JAX arrays;
+    NumPy inputs are converted once)."""
 
-    senders: Int[_Arr, " edges"]
-    receivers: Int[_Arr, " edges"]
-    shifts: Float[_Arr, "edges 3"]
-    n_edge: Int[_Arr, " graphs"]
-    edge_mask: Bool[_Arr, " edges"]
+    senders: Int[Array, " edges"] = eqx.field(converter=_to_device)
+    receivers: Int[Array, " edges"] = eqx.field(converter=_to_device)
+    shifts: Float[Array, "edges 3"] = eqx.field(converter=_to_device)
+    n_edge: Int[Array, " graphs"] = eqx.field(converter=_to_device)
+    edge_mask: Bool[Array, " edges"] = eqx.field(converter=_to_device)
+
+    def __check_init__(self):
+        edges = self.senders.shape[0]
+        for name in ("receivers", "shifts", "edge_mask"):
+            if getattr(self, name).shape[:1] != (edges,):
+                raise ValueError(
+                    f"EdgeSet: {name} has shape {getattr(self, name).shape}, expected {edges} "
+                    "rows (the number of senders)."
+                )
 
 
 class Graph(eqx.Module):
@@ -70,7 +102,8 @@ class Graph(eqx.Module):
     and `dataset_idx` 0. Masks are `False` on padding. A model must treat zero-length edges
     safely (a safe norm and a radial basis that is 0 at r = 0) and mask per-node outputs.
 
-    **Fields:**
+    **Fields** (JAX arrays; the constructor also takes NumPy arrays and converts them, in
+    JAX's default precision: float64 under `jax_enable_x64`, else float32):
 
     - `positions`: `[nodes, 3]` Cartesian positions (Å).
     - `atomic_numbers`: `[nodes]` integer atomic numbers `Z` (0 on padding nodes).
@@ -88,27 +121,77 @@ class Graph(eqx.Module):
         [`eqmlip.graph.EdgeSet`][], e.g. the longer-cutoff edges of a Coulomb term; see
         [`eqmlip.Graph.with_long_range`][]), or `None`.
 
+    Shapes are always checked; that `n_node` and `n_edge` sum to the numbers of nodes and
+    edges is checked whenever their values are known (not under `jax.jit`).
+
     Build one with [`eqmlip.Graph.from_atoms`][], [`eqmlip.batch_graphs`][] and
     [`eqmlip.pad_graph`][], or pass every field to the constructor.
     """
 
-    positions: Float[_Arr, "nodes 3"]
-    atomic_numbers: Int[_Arr, " nodes"]
-    senders: Int[_Arr, " edges"]
-    receivers: Int[_Arr, " edges"]
-    shifts: Float[_Arr, "edges 3"]
-    cell: Float[_Arr, "graphs 3 3"]
-    pbc: Bool[_Arr, "graphs 3"]
-    n_node: Int[_Arr, " graphs"]
-    n_edge: Int[_Arr, " graphs"]
-    node_mask: Bool[_Arr, " nodes"]
-    edge_mask: Bool[_Arr, " edges"]
-    graph_mask: Bool[_Arr, " graphs"]
-    dataset_idx: Int[_Arr, " graphs"]
-    charge: Int[_Arr, " graphs"]
-    long_range: "EdgeSet | None" = None
+    positions: Float[Array, "nodes 3"]
+    atomic_numbers: Int[Array, " nodes"]
+    senders: Int[Array, " edges"]
+    receivers: Int[Array, " edges"]
+    shifts: Float[Array, "edges 3"]
+    cell: Float[Array, "graphs 3 3"]
+    pbc: Bool[Array, "graphs 3"]
+    n_node: Int[Array, " graphs"]
+    n_edge: Int[Array, " graphs"]
+    node_mask: Bool[Array, " nodes"]
+    edge_mask: Bool[Array, " edges"]
+    graph_mask: Bool[Array, " graphs"]
+    dataset_idx: Int[Array, " graphs"]
+    charge: Int[Array, " graphs"]
+    long_range: EdgeSet | None
 
-    def __check_init__(self):
+    def __init__(
+        self,
+        positions: Float[_Arr, "nodes 3"],
+        atomic_numbers: Int[_Arr, " nodes"],
+        senders: Int[_Arr, " edges"],
+        receivers: Int[_Arr, " edges"],
+        shifts: Float[_Arr, "edges 3"],
+        cell: Float[_Arr, "graphs 3 3"],
+        pbc: Bool[_Arr, "graphs 3"],
+        n_node: Int[_Arr, " graphs"],
+        n_edge: Int[_Arr, " graphs"],
+        node_mask: Bool[_Arr, " nodes"],
+        edge_mask: Bool[_Arr, " edges"],
+        graph_mask: Bool[_Arr, " graphs"],
+        dataset_idx: Int[_Arr, " graphs"],
+        charge: Int[_Arr, " graphs"],
+        long_range: EdgeSet | None = None,
+    ):
+        self.positions = _to_device(positions)
+        self.atomic_numbers = _to_device(atomic_numbers)
+        self.senders = _to_device(senders)
+        self.receivers = _to_device(receivers)
+        self.shifts = _to_device(shifts)
+        self.cell = _to_device(cell)
+        self.pbc = _to_device(pbc)
+        self.n_node = _to_device(n_node)
+        self.n_edge = _to_device(n_edge)
+        self.node_mask = _to_device(node_mask)
+        self.edge_mask = _to_device(edge_mask)
+        self.graph_mask = _to_device(graph_mask)
+        self.dataset_idx = _to_device(dataset_idx)
+        self.charge = _to_device(charge)
+        self.long_range = long_range
+        self._check_shapes()
+        # Counts are checked on the inputs as given, so that host inputs need no read-back
+        # from the device; traced ones (under jit) cannot be checked.
+        for name, counts, total, what in (
+            ("n_node", n_node, self.num_nodes, "nodes"),
+            ("n_edge", n_edge, self.num_edges, "edges"),
+        ):
+            values = _host_value(counts)
+            if values is not None and int(values.sum()) != total:
+                raise ValueError(
+                    f"Graph: {name} sums to {int(values.sum())} but there are {total} {what}; "
+                    f"every {what[:-1]}, padding included, must belong to a graph."
+                )
+
+    def _check_shapes(self) -> None:
         nodes, edges, graphs = self.num_nodes, self.num_edges, self.num_graphs
         expected = {
             "positions": (nodes, 3),
@@ -127,23 +210,17 @@ class Graph(eqx.Module):
             "charge": (graphs,),
         }
         for name, shape in expected.items():
-            actual = tuple(np.shape(getattr(self, name)))
+            actual = tuple(getattr(self, name).shape)
             if actual != shape:
                 raise ValueError(
                     f"Graph: {name} has shape {actual}, expected {shape} for {nodes} nodes, "
                     f"{edges} edges and {graphs} graphs (sizes read from positions, senders "
                     "and n_node)."
                 )
-        # Counts can only be checked on concrete host arrays (not under jit).
-        if isinstance(self.n_node, np.ndarray) and int(self.n_node.sum()) != nodes:
+        if self.long_range is not None and self.long_range.n_edge.shape != (graphs,):
             raise ValueError(
-                f"Graph: n_node sums to {int(self.n_node.sum())} but there are {nodes} nodes; "
-                "every node, padding included, must belong to a graph."
-            )
-        if isinstance(self.n_edge, np.ndarray) and int(self.n_edge.sum()) != edges:
-            raise ValueError(
-                f"Graph: n_edge sums to {int(self.n_edge.sum())} but there are {edges} edges; "
-                "every edge, padding included, must belong to a graph."
+                f"Graph: long_range.n_edge has shape {self.long_range.n_edge.shape}, expected "
+                f"({graphs},): the long-range edges must belong to this graph's {graphs} graphs."
             )
 
     @property
@@ -169,9 +246,7 @@ class Graph(eqx.Module):
         **Returns:** an integer array of shape `[nodes]`.
         """
         return jnp.repeat(
-            jnp.arange(self.num_graphs),
-            jnp.asarray(self.n_node),
-            total_repeat_length=self.num_nodes,
+            jnp.arange(self.num_graphs), self.n_node, total_repeat_length=self.num_nodes
         )
 
     def edge_graph_index(self) -> Int[Array, " {self.num_edges}"]:
@@ -182,9 +257,7 @@ class Graph(eqx.Module):
         **Returns:** an integer array of shape `[edges]`.
         """
         return jnp.repeat(
-            jnp.arange(self.num_graphs),
-            jnp.asarray(self.n_edge),
-            total_repeat_length=self.num_edges,
+            jnp.arange(self.num_graphs), self.n_edge, total_repeat_length=self.num_edges
         )
 
     def edge_vectors(self, *, long_range: bool = False) -> Float[Array, "edges 3"]:
@@ -212,16 +285,15 @@ class Graph(eqx.Module):
                     "attach them with graph.with_long_range(long_range_graph)."
                 )
             edges = self.long_range
-        pos = jnp.asarray(self.positions)
+        pos = self.positions
         dtype = pos.dtype
-        lattice = jnp.asarray(self.cell).astype(dtype)
-        shifts = jnp.asarray(edges.shifts).astype(dtype)
-        num_edges = int(np.shape(edges.senders)[0])
+        shifts = edges.shifts.astype(dtype)
+        num_edges = int(edges.senders.shape[0])
         edge_cell = jnp.repeat(
-            lattice, jnp.asarray(edges.n_edge), axis=0, total_repeat_length=num_edges
+            self.cell.astype(dtype), edges.n_edge, axis=0, total_repeat_length=num_edges
         )
         shift_vectors = jnp.einsum("ei,eij->ej", shifts, edge_cell)
-        senders, receivers = jnp.asarray(edges.senders), jnp.asarray(edges.receivers)
+        senders, receivers = edges.senders, edges.receivers
         return pos[receivers] - (pos[senders] - shift_vectors)
 
     def with_long_range(self, other: "Graph") -> "Graph":
@@ -263,7 +335,7 @@ class Graph(eqx.Module):
         dataset_idx: int = 0,
         charge: int | None = None,
     ) -> "Graph":
-        """Build the graph of one structure on the host (NumPy arrays), with a neighbour list.
+        """Build the graph of one structure, with a neighbour list found on the host.
 
         Edges are all directed pairs `i -> j` (both directions) with `|D| < cutoff`, periodic
         images included (an atom's own images too, never the zero-shift self pair), as
@@ -281,8 +353,9 @@ class Graph(eqx.Module):
         - `charge`: total charge; `None` reads `atoms.info["charge"]` (0 when absent), as
             mlip's readers do.
 
-        **Returns:** a `Graph` with one graph, no padding, float64 positions/shifts/cell and
-        int32 integers.
+        **Returns:** a `Graph` with one graph and no padding: JAX arrays, with positions,
+        shifts and cell in JAX's default float dtype (float64 under `jax_enable_x64`, else
+        float32) and int32 integers.
         """
         if not isinstance(atoms, ase.Atoms):
             raise TypeError(f"Graph.from_atoms: expected an ase.Atoms, got {type(atoms).__name__}.")
@@ -397,48 +470,6 @@ def neighbour_list(
     )
 
 
-def _namespace(graphs: Collection[Graph]) -> Any:
-    """NumPy when every leaf is a NumPy array (host batching), else `jax.numpy`."""
-    leaves = [leaf for g in graphs for leaf in (g.positions, g.senders, g.n_node, g.cell)]
-    return np if all(isinstance(leaf, np.ndarray) for leaf in leaves) else jnp
-
-
-def batch_graphs(graphs: Collection[Graph]) -> Graph:
-    """Concatenate graphs into one batch, offsetting `senders` and `receivers`.
-
-    Masks are concatenated too, so padded inputs stay padded (their padding is then no longer
-    at the tail). Runs in NumPy when every input is on the host, else in `jax.numpy` (also
-    under `jax.jit`). Replaces `mlip.graph.batching_helpers.batch_graphs`.
-
-    **Arguments:**
-
-    - `graphs`: a non-empty sequence of `Graph`s.
-
-    **Returns:** a `Graph` whose `n_node`, `n_edge` and per-graph fields are those of the
-    inputs, in order.
-    """
-    graphs = list(graphs)
-    if not graphs:
-        raise ValueError("batch_graphs: got no graphs; pass at least one Graph.")
-    for g in graphs:
-        if not isinstance(g, Graph):
-            raise TypeError(f"batch_graphs: expected Graphs, got {type(g).__name__}.")
-    xp = _namespace(graphs)
-    offsets = np.cumsum([0] + [g.num_nodes for g in graphs[:-1]])
-
-    def cat(name: str) -> Any:
-        return xp.concatenate([xp.asarray(getattr(g, name)) for g in graphs], axis=0)
-
-    def cat_indices(name: str) -> Any:
-        return xp.concatenate(
-            [xp.asarray(getattr(g, name)) + int(o) for g, o in zip(graphs, offsets, strict=True)],
-            axis=0,
-        )
-
-    fields = {name: cat(name) for name in _FIELDS if name not in ("senders", "receivers")}
-    return Graph(senders=cat_indices("senders"), receivers=cat_indices("receivers"), **fields)
-
-
 _FIELDS = (
     "positions",
     "atomic_numbers",
@@ -457,29 +488,57 @@ _FIELDS = (
 )
 
 
-def pad_graph(graph: Graph, n_node: int, n_edge: int, n_graph: int) -> Graph:
-    """Pad a graph (or batch) to fixed sizes, so that one compiled model serves every batch.
+def _refuse_long_range(graphs: Collection[Graph], caller: str) -> None:
+    # Long-range edges would need the same offsets and padding; attach them afterwards instead
+    # of dropping them here without a word.
+    if any(g.long_range is not None for g in graphs):
+        raise ValueError(
+            f"{caller}: a graph carries long-range edges; batch and pad the short- and "
+            "long-range graphs separately, then attach with graph.with_long_range(...)."
+        )
 
-    Appends `n_node - nodes` padding nodes (position 0, atomic number 0), `n_edge - edges`
-    padding edges (zero-length self-loops on the first padding node, shift 0) and
-    `n_graph - graphs` padding graphs (cell 0, `pbc` False, charge 0, `dataset_idx` 0). The
-    first padding graph owns every padding node and edge; the others are empty. Masks are
-    `False` on padding. Padding edges and nodes therefore need at least one padding node and
-    one padding graph: `n_node >= nodes + 1` when `n_edge > edges`, and `n_graph >= graphs + 1`
-    when `n_node > nodes`. Equal sizes return an unpadded copy with all masks `True`.
 
-    Runs in NumPy when the graph is on the host, else in `jax.numpy` (also under `jax.jit`,
-    the sizes being static). Replaces `mlip.graph.batching_helpers.pad_with_graphs`, which
-    always adds a padding graph and leaves masks implicit.
+def batch_graphs(graphs: Collection[Graph]) -> Graph:
+    """Concatenate graphs into one batch, offsetting `senders` and `receivers`.
+
+    Masks are concatenated too, so padded inputs stay padded (their padding is then no longer
+    at the tail). Runs in `jax.numpy` (also under `jax.jit`); to batch many structures per
+    step, [`eqmlip.data.GraphLoader`][] concatenates on the host instead and converts once.
+    Replaces `mlip.graph.batching_helpers.batch_graphs`.
 
     **Arguments:**
 
-    - `graph`: the `Graph` to pad.
-    - `n_node`, `n_edge`, `n_graph`: the padded sizes (budgets).
+    - `graphs`: a non-empty sequence of `Graph`s.
 
-    **Returns:** a `Graph` with exactly `n_node` nodes, `n_edge` edges and `n_graph` graphs.
+    **Returns:** a `Graph` whose `n_node`, `n_edge` and per-graph fields are those of the
+    inputs, in order.
     """
-    nodes, edges, graphs = graph.num_nodes, graph.num_edges, graph.num_graphs
+    graphs = list(graphs)
+    if not graphs:
+        raise ValueError("batch_graphs: got no graphs; pass at least one Graph.")
+    for g in graphs:
+        if not isinstance(g, Graph):
+            raise TypeError(f"batch_graphs: expected Graphs, got {type(g).__name__}.")
+    _refuse_long_range(graphs, "batch_graphs")
+    offsets = np.cumsum([0] + [g.num_nodes for g in graphs[:-1]]).tolist()
+    fields = {
+        name: jnp.concatenate([getattr(g, name) for g in graphs], axis=0)
+        for name in _FIELDS
+        if name not in ("senders", "receivers")
+    }
+    for name in ("senders", "receivers"):
+        fields[name] = jnp.concatenate(
+            [getattr(g, name) + o for g, o in zip(graphs, offsets, strict=True)], axis=0
+        )
+    return Graph(**fields)
+
+
+def _padding_sizes(
+    sizes: tuple[int, int, int], n_node: int, n_edge: int, n_graph: int
+) -> tuple[int, int, int]:
+    """The numbers of padding nodes, edges and graphs that reach a budget (see `pad_graph`),
+    or a `ValueError` saying why the budget cannot hold the graph."""
+    nodes, edges, graphs = sizes
     too_small = [
         f"{name}={budget} < {have} {what}"
         for name, budget, have, what in (
@@ -506,15 +565,23 @@ def pad_graph(graph: Graph, n_node: int, n_edge: int, n_graph: int) -> Graph:
             f"pad_graph: n_graph={n_graph} leaves no padding graph to hold the {pad_nodes} "
             f"padding nodes; need n_graph >= {graphs + 1}."
         )
-    xp = _namespace([graph])
-    current = {name: xp.asarray(getattr(graph, name)) for name in _FIELDS}
+    return pad_nodes, pad_edges, pad_graphs
 
-    def like(name: str, shape: tuple, value: Any = 0) -> Any:
-        return xp.full(shape, value, dtype=current[name].dtype)
+
+def _padding(nodes: int, pads: tuple[int, int, int], dtypes: dict) -> dict:
+    """The padding appended to each field of a graph with `nodes` nodes: `{field: NumPy
+    constant}` given `{field: dtype}`. The one statement of the padding convention, for
+    `pad_graph` and the host-side batching of `eqmlip.data`. (Plain `dict` hints: the runtime
+    checker samples the items of parametrised ones with `random`, which Hypothesis forbids
+    while drawing.)"""
+    pad_nodes, pad_edges, pad_graphs = pads
+
+    def like(name: str, shape: Collection[int], value: int | bool = 0) -> np.ndarray:
+        return np.full(shape, value, dtype=dtypes[name])
 
     counts_node = [pad_nodes] + [0] * (pad_graphs - 1) if pad_graphs else []
     counts_edge = [pad_edges] + [0] * (pad_graphs - 1) if pad_graphs else []
-    padding = {
+    return {
         "positions": like("positions", (pad_nodes, 3)),
         "atomic_numbers": like("atomic_numbers", (pad_nodes,)),
         "senders": like("senders", (pad_edges,), nodes),
@@ -522,16 +589,46 @@ def pad_graph(graph: Graph, n_node: int, n_edge: int, n_graph: int) -> Graph:
         "shifts": like("shifts", (pad_edges, 3)),
         "cell": like("cell", (pad_graphs, 3, 3)),
         "pbc": like("pbc", (pad_graphs, 3), False),
-        "n_node": xp.asarray(counts_node, dtype=current["n_node"].dtype),
-        "n_edge": xp.asarray(counts_edge, dtype=current["n_edge"].dtype),
+        "n_node": np.asarray(counts_node, dtype=dtypes["n_node"]),
+        "n_edge": np.asarray(counts_edge, dtype=dtypes["n_edge"]),
         "node_mask": like("node_mask", (pad_nodes,), False),
         "edge_mask": like("edge_mask", (pad_edges,), False),
         "graph_mask": like("graph_mask", (pad_graphs,), False),
         "dataset_idx": like("dataset_idx", (pad_graphs,)),
         "charge": like("charge", (pad_graphs,)),
     }
-    fields = {name: xp.concatenate([current[name], padding[name]], axis=0) for name in _FIELDS}
-    return Graph(**fields)
+
+
+def pad_graph(graph: Graph, n_node: int, n_edge: int, n_graph: int) -> Graph:
+    """Pad a graph (or batch) to fixed sizes, so that one compiled model serves every batch.
+
+    Appends `n_node - nodes` padding nodes (position 0, atomic number 0), `n_edge - edges`
+    padding edges (zero-length self-loops on the first padding node, shift 0) and
+    `n_graph - graphs` padding graphs (cell 0, `pbc` False, charge 0, `dataset_idx` 0). The
+    first padding graph owns every padding node and edge; the others are empty. Masks are
+    `False` on padding. Padding edges and nodes therefore need at least one padding node and
+    one padding graph: `n_node >= nodes + 1` when `n_edge > edges`, and `n_graph >= graphs + 1`
+    when `n_node > nodes`. Equal sizes return an unpadded copy with all masks `True`.
+
+    Runs in `jax.numpy` (also under `jax.jit`, the sizes being static). Replaces
+    `mlip.graph.batching_helpers.pad_with_graphs`, which always adds a padding graph and
+    leaves masks implicit.
+
+    **Arguments:**
+
+    - `graph`: the `Graph` to pad.
+    - `n_node`, `n_edge`, `n_graph`: the padded sizes (budgets).
+
+    **Returns:** a `Graph` with exactly `n_node` nodes, `n_edge` edges and `n_graph` graphs.
+    """
+    _refuse_long_range([graph], "pad_graph")
+    sizes = (graph.num_nodes, graph.num_edges, graph.num_graphs)
+    pads = _padding_sizes(sizes, n_node, n_edge, n_graph)
+    current = {name: getattr(graph, name) for name in _FIELDS}
+    padding = _padding(graph.num_nodes, pads, {k: v.dtype for k, v in current.items()})
+    return Graph(
+        **{name: jnp.concatenate([current[name], padding[name]], axis=0) for name in _FIELDS}
+    )
 
 
 def _element(z: int) -> str:
@@ -542,23 +639,50 @@ def _element(z: int) -> str:
     return f"atomic number {z} (no such element)"
 
 
-def _check_species(species: Any) -> tuple:
+def check_species(species: Collection[int], *, caller: str) -> tuple[int, ...]:
+    """Check a tuple of species (a model's, or a dataset's), the one check shared by the
+    library: atomic numbers in 1..118, sorted, without repeats.
+
+    **Arguments:**
+
+    - `species`: the atomic numbers, e.g. `(1, 6, 7, 8)`.
+    - `caller`: the name that starts error messages, e.g. `"Nequip"`.
+
+    **Returns:** the species as a tuple of Python ints.
+
+    **Raises:** `TypeError` when `species` is not a collection of numbers; `ValueError` when
+    it is empty, holds non-integers or numbers outside 1..118, or is not sorted without
+    repeats. Each message says what was received and the fix.
+    """
+    return _check_species(species, caller)
+
+
+def _check_species(species: Collection[int], caller: str) -> tuple:
+    # A plain `tuple` hint: the runtime checker samples the items of `tuple[int, ...]` with
+    # `random`, which Hypothesis forbids while drawing (species_index runs there).
     try:
-        values = tuple(int(z) for z in species)
-    except TypeError as error:
+        numbers = [float(z) for z in species]
+    except (TypeError, ValueError) as error:
         raise TypeError(
-            f"species_index: species must be a sequence of atomic numbers, got {species!r}."
+            f"{caller}: species must be a sequence of atomic numbers, got {species!r}."
         ) from error
-    if not values:
-        raise ValueError("species_index: species is empty; give the model's atomic numbers.")
-    if any(not 1 <= z <= _MAX_Z for z in values):
+    if not numbers:
         raise ValueError(
-            f"species_index: species must be atomic numbers in 1..{_MAX_Z}, got {values}."
+            f"{caller}: species is empty; give the atomic numbers of the elements, e.g. (1, 6, 8)."
+        )
+    if any(z != round(z) for z in numbers):
+        raise ValueError(f"{caller}: species must be integer atomic numbers, got {numbers}.")
+    values = tuple(round(z) for z in numbers)
+    outside = [z for z in values if not 1 <= z <= _MAX_Z]
+    if outside:
+        raise ValueError(
+            f"{caller}: species must be atomic numbers in 1..{_MAX_Z}, got {values}; remove "
+            f"{outside} (0 marks padding, not an element)."
         )
     if any(a >= b for a, b in zip(values[:-1], values[1:], strict=True)):
         raise ValueError(
-            f"species_index: species must be sorted and without repeats, got {values}; "
-            f"use {tuple(sorted(set(values)))}."
+            f"{caller}: species must be sorted and without repeats, got {values}; use "
+            f"{tuple(sorted(set(values)))}."
         )
     return values
 
@@ -567,40 +691,29 @@ def species_index(
     atomic_numbers: Int[_Arr, " nodes"],
     species: Collection[int],
     mask: Bool[_Arr, " nodes"] | None = None,
-) -> Int[_Arr, " nodes"]:
+) -> Int[Array, " nodes"]:
     """The index of each atomic number in the sorted tuple `species`: `species[index] == Z`.
 
     Never maps an unknown element silently to 0 (mlip's `SpeciesAssignmentBlock` does, which
-    then turns the energy into NaN). On NumPy inputs it raises a `ValueError` naming the first
-    unknown element; on JAX arrays it checks with `equinox.error_if`, so under `jax.jit` an
-    unknown element raises at run time (an `EquinoxRuntimeError`) naming it.
+    then turns the energy into NaN). When the values are known (outside `jax.jit`) it raises
+    a `ValueError` naming the first unknown element; under `jax.jit` it checks with
+    `equinox.error_if`, so an unknown element raises at run time (an `EquinoxRuntimeError`)
+    naming it.
 
     **Arguments:**
 
     - `atomic_numbers`: `[nodes]` integer atomic numbers.
-    - `species`: the model's atomic numbers, sorted, without repeats (e.g. `(1, 6, 7, 8)`).
+    - `species`: the model's atomic numbers, sorted, without repeats (e.g. `(1, 6, 7, 8)`;
+        see [`eqmlip.graph.check_species`][]).
     - `mask`: `[nodes]` booleans; entries where it is `False` (padding, `Z = 0`) are not checked
         and get index 0. Pass `graph.node_mask` for padded graphs.
 
-    **Returns:** int32 indices `[nodes]`, NumPy for NumPy inputs, else a JAX array.
+    **Returns:** int32 indices `[nodes]`, a JAX array.
     """
-    values = _check_species(species)
+    values = _check_species(species, "species_index")
     table = np.full(_MAX_Z + 1, -1, dtype=np.int32)
     table[list(values)] = np.arange(len(values), dtype=np.int32)
     known = ", ".join(ase.data.chemical_symbols[z] for z in values)
-    if isinstance(atomic_numbers, np.ndarray) and (mask is None or isinstance(mask, np.ndarray)):
-        z = atomic_numbers.astype(np.int64)
-        in_range = (z >= 0) & (z <= _MAX_Z)
-        index = np.where(in_range, table[np.clip(z, 0, _MAX_Z)], -1)
-        valid = np.ones(z.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        bad = (index < 0) & valid
-        if bad.any():
-            first = int(z[np.argmax(bad)])
-            raise ValueError(
-                f"species_index: {_element(first)} is not among the model's species ({known})."
-            )
-        return np.where(valid, index, 0).astype(np.int32)
-
     z = jnp.asarray(atomic_numbers)
     in_range = (z >= 0) & (z <= _MAX_Z)
     index = jnp.where(in_range, jnp.asarray(table)[jnp.clip(z, 0, _MAX_Z)], -1)
@@ -608,16 +721,24 @@ def species_index(
     bad = (index < 0) & valid
     if z.shape[0] == 0:
         return index.astype(jnp.int32)
-    first = jnp.argmax(bad)
-    # One message per atomic number (the last one for anything outside 0..118), so that the
-    # error names the element even under jit, where messages must be static.
-    branch = jnp.where(in_range[first], z[first], _MAX_Z + 1)
-    messages = tuple(
-        f"species_index: {_element(k)} is not among the model's species ({known})."
-        for k in range(_MAX_Z + 1)
-    ) + (
-        f"species_index: an atomic number outside 0..{_MAX_Z} is not among the model's species "
-        f"({known}).",
-    )
-    index = eqx.branched_error_if(index, bad, branch, messages)
+    z_host, bad_host = _host_value(z), _host_value(bad)
+    if z_host is not None and bad_host is not None:
+        if bad_host.any():
+            first = int(z_host[np.argmax(bad_host)])
+            raise ValueError(
+                f"species_index: {_element(first)} is not among the model's species ({known})."
+            )
+    else:
+        first = jnp.argmax(bad)
+        # One message per atomic number (the last one for anything outside 0..118), so that
+        # the error names the element even under jit, where messages must be static.
+        branch = jnp.where(in_range[first], z[first], _MAX_Z + 1)
+        messages = tuple(
+            f"species_index: {_element(k)} is not among the model's species ({known})."
+            for k in range(_MAX_Z + 1)
+        ) + (
+            f"species_index: an atomic number outside 0..{_MAX_Z} is not among the model's "
+            f"species ({known}).",
+        )
+        index = eqx.branched_error_if(index, bad, branch, messages)
     return jnp.where(valid, index, 0).astype(jnp.int32)

@@ -11,7 +11,7 @@ import pytest
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from eqmlip import Graph, batch_graphs, pad_graph, species_index, testing
-from eqmlip.graph import neighbour_list
+from eqmlip.graph import check_species, neighbour_list
 
 
 def _edge_set(senders, receivers, shifts):
@@ -32,14 +32,16 @@ def _ase_edges(atoms, cutoff):
 
 
 def _assert_matches_ase(atoms, cutoff):
-    graph = Graph.from_atoms(atoms, cutoff)
+    """The graph (built with x64 on, so in float64) has ASE's edges; returns it as NumPy."""
+    with jax.enable_x64(True):
+        graph = Graph.from_atoms(atoms, cutoff)
+        vectors = np.asarray(graph.edge_vectors())
+        graph = jax.tree.map(np.asarray, graph)
     i, j, s, d = _ase_edges(atoms, cutoff)
     assert _edge_set(graph.senders, graph.receivers, graph.shifts) == _edge_set(i, j, s)
     # Same order (sender, receiver, shift), so the vectors compare entry by entry.
     np.testing.assert_array_equal(graph.senders, i)
     np.testing.assert_array_equal(graph.receivers, j)
-    with jax.enable_x64(True):
-        vectors = np.asarray(graph.edge_vectors())
     np.testing.assert_allclose(vectors, d, rtol=0, atol=1e-10)
     return graph
 
@@ -74,9 +76,9 @@ def test_unwrapped_positions_give_the_same_pairs(atoms, data):
     k = data.draw(st.integers(0, len(atoms) - 1))
     n = np.array(data.draw(st.tuples(*[st.integers(-2, 2)] * 3)), dtype=float)
     moved.positions[k] += n @ atoms.cell.array
-    graph = _assert_matches_ase(moved, 3.0)
-    reference = Graph.from_atoms(atoms, 3.0)
+    _assert_matches_ase(moved, 3.0)
     with jax.enable_x64(True):
+        graph, reference = Graph.from_atoms(moved, 3.0), Graph.from_atoms(atoms, 3.0)
         lengths = np.sort(np.linalg.norm(np.asarray(graph.edge_vectors()), axis=1))
         expected = np.sort(np.linalg.norm(np.asarray(reference.edge_vectors()), axis=1))
     np.testing.assert_allclose(lengths, expected, atol=1e-9)
@@ -167,8 +169,8 @@ def _batch():
 
 
 def test_edge_vectors_follow_replaced_positions_and_cell_with_gradient():
-    graph = Graph.from_atoms(_crystal(), 2.5)
     with jax.enable_x64(True):
+        graph = Graph.from_atoms(_crystal(), 2.5)
         positions = jnp.asarray(graph.positions)
         cell = jnp.asarray(graph.cell)
         strain = jnp.array([[0.01, 0.002, 0], [0.002, -0.02, 0], [0, 0, 0.03]])
@@ -186,9 +188,9 @@ def test_edge_vectors_follow_replaced_positions_and_cell_with_gradient():
 
         grad_p, grad_c = jax.grad(energy, argnums=(0, 1))(positions, cell)
         assert np.all(np.isfinite(grad_p)) and np.abs(np.asarray(grad_c)).max() > 0
-    # float32 positions give float32 vectors (shifts and cell follow the positions' dtype).
-    single = moved(jnp.asarray(graph.positions, jnp.float32), cell)
-    assert single.edge_vectors().dtype == jnp.float32
+        # float32 positions give float32 vectors (shifts and cell follow the positions' dtype).
+        single = moved(jnp.asarray(graph.positions, jnp.float32), cell)
+        assert single.edge_vectors().dtype == jnp.float32
 
 
 def test_batch_offsets_and_graph_indices():
@@ -215,7 +217,7 @@ def test_batch_offsets_and_graph_indices():
     with jax.enable_x64(True):
         expected = np.concatenate([np.asarray(g.edge_vectors()) for g in graphs])
         np.testing.assert_array_equal(np.asarray(batch.edge_vectors()), expected)
-    assert isinstance(batch.positions, np.ndarray)  # host batching stays on the host
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(batch))
     # An unpadded batch is all real: no graph is mistaken for padding (mlip's last-graph bug).
     assert batch.graph_mask.all() and batch.node_mask.all() and batch.edge_mask.all()
     with pytest.raises(ValueError, match="no graphs"):
@@ -269,14 +271,15 @@ def test_padding_budget_too_small(budget, message):
         pad_graph(batch, *budget)
 
 
-def test_padding_and_batching_under_jit_match_the_host():
+def test_padding_and_batching_under_jit_match_eager():
     graphs, batch = _batch()
-    host = pad_graph(batch, 8, batch.num_edges + 4, 5)
-    device = eqx.filter_jit(lambda gs: pad_graph(batch_graphs(gs), 8, batch.num_edges + 4, 5))(
-        [jax.tree.map(jnp.asarray, g) for g in graphs]
+    eager = pad_graph(batch, 8, batch.num_edges + 4, 5)
+    jitted = eqx.filter_jit(lambda gs: pad_graph(batch_graphs(gs), 8, batch.num_edges + 4, 5))(
+        graphs
     )
-    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(device), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a, dtype=np.asarray(b).dtype))
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
 
 
 def test_graph_indices_are_jit_compatible_without_retracing():
@@ -308,6 +311,41 @@ def test_inconsistent_fields_raise():
         Graph(**{**fields, "node_mask": np.ones(2, bool)})
 
 
+def test_counts_are_checked_on_concrete_jax_arrays():
+    graph = Graph.from_atoms(_crystal(), 2.5)
+    fields = {k: getattr(graph, k) for k in graph.__dataclass_fields__}
+    with pytest.raises(ValueError, match=r"Graph: n_node sums to 3 but there are 2 nodes"):
+        Graph(**{**fields, "n_node": jnp.array([3], jnp.int32)})
+    wrong_edges = jnp.array([graph.num_edges + 1], jnp.int32)
+    with pytest.raises(ValueError, match=rf"n_edge sums to {graph.num_edges + 1} but there are"):
+        Graph(**{**fields, "n_edge": wrong_edges})
+    # Under jit the counts are tracers: the graph is built without reading them back.
+    rebuilt = eqx.filter_jit(lambda f: Graph(**f))(fields)
+    for a, b in zip(jax.tree.leaves(graph), jax.tree.leaves(rebuilt), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("build", ["from_atoms", "constructor"])
+def test_fields_are_jax_arrays_in_the_default_precision(x64, build):
+    atoms = _crystal()
+    graph = Graph.from_atoms(atoms, 2.5)
+    if build == "constructor":  # NumPy inputs, as a user may pass them
+        host = {
+            k: np.asarray(getattr(graph, k))
+            for k in graph.__dataclass_fields__
+            if k != "long_range"
+        }
+        host["positions"] = np.asarray(atoms.positions, dtype=np.float64)
+        host["n_node"] = host["n_node"].astype(np.int64)
+        graph = Graph(**host)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(graph))
+    expected = np.float64 if x64 else np.float32
+    assert graph.positions.dtype == graph.shifts.dtype == graph.cell.dtype == expected
+    assert graph.n_node.dtype == (np.int64 if x64 and build == "constructor" else np.int32)
+    assert graph.senders.dtype == np.int32 and graph.pbc.dtype == np.bool_
+    np.testing.assert_array_equal(graph.positions, atoms.positions.astype(expected))
+
+
 # --- species ------------------------------------------------------------------------------------
 
 
@@ -325,6 +363,37 @@ def test_species_index_on_host():
         species_index(z, (6, 1))
     with pytest.raises(ValueError, match="1..118"):
         species_index(z, (0, 1))
+    # Concrete JAX arrays are checked eagerly too, with the same message.
+    np.testing.assert_array_equal(
+        species_index(jnp.asarray(z), (1, 6, 8), jnp.asarray(mask)), [2, 0, 0, 1, 0]
+    )
+    assert isinstance(species_index(z, (1, 6, 8), mask), jax.Array)
+    with pytest.raises(ValueError, match=r"species_index: element Fe \(Z=26\).*\(H, C, O\)"):
+        species_index(jnp.array([1, 26, 6]), (1, 6, 8))
+
+
+@pytest.mark.parametrize(
+    "species, error, message",
+    [
+        ((1, 6, 8), None, None),
+        ([1, np.int64(118)], None, None),
+        ((), ValueError, r"^Caller: species is empty; give the atomic numbers"),
+        ((1, 0, 6), ValueError, r"^Caller: species must be atomic numbers in 1..118, got \(1, 0, 6\); remove \[0\]"),
+        ((1, 119), ValueError, r"^Caller: .*in 1..118, got \(1, 119\); remove \[119\]"),
+        ((6, 1, 1), ValueError, r"^Caller: species must be sorted and without repeats, got \(6, 1, 1\); use \(1, 6\)"),
+        ((1, 1), ValueError, r"sorted and without repeats.*use \(1,\)"),
+        (("H", "C"), TypeError, r"species"),  # the runtime type checker may answer first
+    ],
+    ids=["ok", "ok-numpy-int", "empty", "zero", "too-large", "unsorted", "repeat", "symbols"],
+)  # fmt: skip
+def test_check_species(species, error, message):
+    if error is None:
+        values = check_species(species, caller="Caller")
+        assert values == tuple(int(z) for z in species)
+        assert all(type(z) is int for z in values)
+    else:
+        with pytest.raises(error, match=message):
+            check_species(species, caller="Caller")
 
 
 @eqx.filter_jit

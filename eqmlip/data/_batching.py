@@ -1,17 +1,15 @@
 """Static-shape batches: structures packed to node/edge/graph budgets, padded to a few buckets."""
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import equinox as eqx
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from ..graph import Graph, batch_graphs, pad_graph
-from ._structure import Structure, structure_graph
-
-_Arr = Array | np.ndarray
+from ..graph import _FIELDS, Graph, _Arr, _padding, _padding_sizes, _to_device
+from ._structure import Structure, _host_fields, _neighbours
 
 
 class Budget(NamedTuple):
@@ -26,9 +24,9 @@ class Batch(eqx.Module):
     """A padded batch of structures: the model input and the targets, with masks.
 
     Targets that a structure lacks, and all targets of padding graphs and nodes, are stored as
-    0 with a `False` mask, never NaN, so that masked losses stay finite. Arrays are NumPy on
-    the host as [`eqmlip.data.GraphLoader`][] builds them; `jax.jit` and `eqx.filter_jit`
-    accept them as they are.
+    0 with a `False` mask, never NaN, so that masked losses stay finite. Fields are JAX arrays
+    (the constructor converts NumPy inputs, as [`eqmlip.Graph`][] does);
+    [`eqmlip.data.GraphLoader`][] builds each batch on the host and converts it once.
 
     **Fields:**
 
@@ -43,13 +41,33 @@ class Batch(eqx.Module):
     """
 
     graph: Graph
-    energy: Float[_Arr, " graphs"]
-    forces: Float[_Arr, "nodes 3"]
-    stress: Float[_Arr, "graphs 3 3"]
-    weight: Float[_Arr, " graphs"]
-    has_energy: Bool[_Arr, " graphs"]
-    has_forces: Bool[_Arr, " graphs"]
-    has_stress: Bool[_Arr, " graphs"]
+    energy: Float[Array, " graphs"]
+    forces: Float[Array, "nodes 3"]
+    stress: Float[Array, "graphs 3 3"]
+    weight: Float[Array, " graphs"]
+    has_energy: Bool[Array, " graphs"]
+    has_forces: Bool[Array, " graphs"]
+    has_stress: Bool[Array, " graphs"]
+
+    def __init__(
+        self,
+        graph: Graph,
+        energy: Float[_Arr, " graphs"],
+        forces: Float[_Arr, "nodes 3"],
+        stress: Float[_Arr, "graphs 3 3"],
+        weight: Float[_Arr, " graphs"],
+        has_energy: Bool[_Arr, " graphs"],
+        has_forces: Bool[_Arr, " graphs"],
+        has_stress: Bool[_Arr, " graphs"],
+    ):
+        self.graph = graph
+        self.energy = _to_device(energy)
+        self.forces = _to_device(forces)
+        self.stress = _to_device(stress)
+        self.weight = _to_device(weight)
+        self.has_energy = _to_device(has_energy)
+        self.has_forces = _to_device(has_forces)
+        self.has_stress = _to_device(has_stress)
 
     def __check_init__(self):
         nodes, graphs = self.graph.num_nodes, self.graph.num_graphs
@@ -77,25 +95,39 @@ class Batch(eqx.Module):
         return Budget(g.num_nodes, g.num_edges, g.num_graphs)
 
 
-def make_batch(structures: Sequence[Structure], graphs: Sequence[Graph], budget: Budget) -> Batch:
-    """Batch structures and their graphs (one per structure), padded to `budget`.
-
-    **Arguments:**
-
-    - `structures`: the structures, at least one.
-    - `graphs`: their graphs (e.g. from [`eqmlip.data.structure_graph`][]), in the same order.
-    - `budget`: the padded sizes; `n_node` above the real node count, `n_graph` above the
-        real graph count (one padding graph holds the padding nodes and edges).
-
-    **Returns:** a [`eqmlip.data.Batch`][] of NumPy arrays.
-    """
-    if len(structures) != len(graphs) or not structures:
+def _host_batch(
+    structures: Sequence[Structure], fields: Sequence[Mapping[str, np.ndarray]], budget: Budget
+) -> Batch:
+    """The batch of structures whose host graph fields are `fields`, concatenated and padded
+    on the host (NumPy), then converted to JAX arrays once, one transfer per field."""
+    if len(structures) != len(fields) or not structures:
         raise ValueError(
-            f"make_batch: got {len(structures)} structures and {len(graphs)} graphs; need the "
+            f"make_batch: got {len(structures)} structures and {len(fields)} graphs; need the "
             "same non-zero number."
         )
-    graph = pad_graph(batch_graphs(graphs), *budget)
-    n_real = len(structures)
+    nodes = [len(f["positions"]) for f in fields]
+    for k, s in enumerate(structures):
+        if s.num_atoms != nodes[k]:
+            raise ValueError(
+                f"make_batch: structure {k} has {s.num_atoms} atoms but its graph has "
+                f"{nodes[k]} nodes."
+            )
+    offsets = np.cumsum([0] + nodes[:-1]).tolist()
+    sizes = (
+        sum(nodes),
+        sum(len(f["senders"]) for f in fields),
+        sum(len(f["n_node"]) for f in fields),
+    )
+    pads = _padding_sizes(sizes, *budget)
+    padding = _padding(sizes[0], pads, {name: fields[0][name].dtype for name in _FIELDS})
+    host = {}
+    for name in _FIELDS:
+        parts = [f[name] for f in fields]
+        if name in ("senders", "receivers"):
+            parts = [p + o for p, o in zip(parts, offsets, strict=True)]
+        host[name] = np.concatenate([*parts, padding[name]], axis=0)
+    graph = Graph(**host)
+
     energy = np.zeros(budget.n_graph)
     stress = np.zeros((budget.n_graph, 3, 3))
     weight = np.zeros(budget.n_graph)
@@ -105,11 +137,6 @@ def make_batch(structures: Sequence[Structure], graphs: Sequence[Graph], budget:
     forces = np.zeros((budget.n_node, 3))
     start = 0
     for k, s in enumerate(structures):
-        if s.num_atoms != graphs[k].num_nodes:
-            raise ValueError(
-                f"make_batch: structure {k} has {s.num_atoms} atoms but its graph has "
-                f"{graphs[k].num_nodes} nodes."
-            )
         if s.energy is not None:
             energy[k], has_energy[k] = s.energy, True
         if s.forces is not None:
@@ -119,7 +146,6 @@ def make_batch(structures: Sequence[Structure], graphs: Sequence[Graph], budget:
             stress[k], has_stress[k] = s.stress, True
         weight[k] = s.weight
         start += s.num_atoms
-    assert start == int(np.sum(graph.n_node[:n_real]))
     return Batch(
         graph=graph,
         energy=energy,
@@ -130,6 +156,25 @@ def make_batch(structures: Sequence[Structure], graphs: Sequence[Graph], budget:
         has_forces=has_forces,
         has_stress=has_stress,
     )
+
+
+def make_batch(structures: Sequence[Structure], graphs: Sequence[Graph], budget: Budget) -> Batch:
+    """Batch structures and their graphs (one per structure), padded to `budget`.
+
+    The graphs are batched and padded on the host as [`eqmlip.batch_graphs`][] and
+    [`eqmlip.pad_graph`][] would, then converted once.
+
+    **Arguments:**
+
+    - `structures`: the structures, at least one.
+    - `graphs`: their graphs (e.g. from [`eqmlip.data.structure_graph`][]), in the same order.
+    - `budget`: the padded sizes; `n_node` above the real node count, `n_graph` above the
+        real graph count (one padding graph holds the padding nodes and edges).
+
+    **Returns:** a [`eqmlip.data.Batch`][] of JAX arrays.
+    """
+    fields = [{name: np.asarray(getattr(g, name)) for name in _FIELDS} for g in graphs]
+    return _host_batch(structures, fields, budget)
 
 
 def _pack(
@@ -173,16 +218,17 @@ def _round_up(value: int, multiple: int) -> int:
 class GraphLoader:
     """Iterates over padded, static-shape [`eqmlip.data.Batch`][]es of a dataset, epoch by epoch.
 
-    Graphs are built once (`self.graphs`). Each epoch, structures (shuffled by `seed` and the
-    epoch number, or in order) are packed greedily into batches of at most `batch_size`
-    structures, `max_nodes` nodes and `max_edges` edges. Each batch is padded to the smallest of
-    at most `num_buckets` budgets (`self.budgets`) that holds it, so a training run compiles at
-    most `num_buckets` times whatever the epoch. The budgets are fixed at construction: the
-    largest holds any batch (`max_nodes + 1` nodes, `max_edges` edges); the smaller ones are
-    quantiles of the batch sizes of a few simulated epochs, rounded up to multiples of 8, kept
-    when they save at least 10% of the nodes or edges of the next larger one. Every
-    budget has `batch_size + 1` graphs (at least one padding graph) and at least one padding
-    node.
+    Neighbour lists are found once, and each structure's graph kept on the host (NumPy);
+    each batch is concatenated and padded there and converted to JAX arrays once. Each epoch,
+    structures (shuffled by `seed` and the epoch number, or in order) are packed greedily into
+    batches of at most `batch_size` structures, `max_nodes` nodes and `max_edges` edges. Each
+    batch is padded to the smallest of at most `num_buckets` budgets (`self.budgets`) that
+    holds it, so a training run compiles at most `num_buckets` times whatever the epoch. The
+    budgets are fixed at construction: the largest holds any batch (`max_nodes + 1` nodes,
+    `max_edges` edges); the smaller ones are quantiles of the batch sizes of a few simulated
+    epochs, rounded up to multiples of 8, kept when they save at least 10% of the nodes or
+    edges of the next larger one. Every budget has `batch_size + 1` graphs (at least one
+    padding graph) and at least one padding node.
 
     Shuffling is reproducible and resumable: the order of epoch `e` depends only on `seed`
     and `e`. `iter(loader)` yields the batches of epoch `loader.epoch` and then advances it;
@@ -203,6 +249,9 @@ class GraphLoader:
         `batch_size` largest structures, so every batch but the last has `batch_size`
         structures. Each must hold the largest single structure.
     - `graphs`: the structures' graphs at `cutoff`, if already built.
+
+    **Attributes:** `structures`, `budgets`, `max_nodes`, `max_edges`, `epoch`, and `graphs`:
+    each structure's unpadded [`eqmlip.Graph`][] (the ones given, else built on first use).
     """
 
     def __init__(
@@ -241,15 +290,22 @@ class GraphLoader:
         self.drop_last = bool(drop_last)
         self.epoch = 0
         self._cache: tuple[int, list[np.ndarray]] = (-1, [])
+        # Host copies of each structure's graph fields: batches are built from them in NumPy,
+        # never from many small device arrays.
+        self._graphs: list[Graph] | None
         if graphs is None:
-            graphs = [structure_graph(s, self.cutoff) for s in self.structures]
-        self.graphs = list(graphs)
-        if len(self.graphs) != len(self.structures):
-            raise ValueError(
-                f"GraphLoader: got {len(self.graphs)} graphs for {len(self.structures)} structures."
-            )
-        self._nodes = np.array([g.num_nodes for g in self.graphs], dtype=np.int64)
-        self._edges = np.array([g.num_edges for g in self.graphs], dtype=np.int64)
+            self._graphs = None
+            self._host = [_host_fields(s, _neighbours(s, self.cutoff)) for s in self.structures]
+        else:
+            self._graphs = list(graphs)
+            if len(self._graphs) != len(self.structures):
+                raise ValueError(
+                    f"GraphLoader: got {len(self._graphs)} graphs for {len(self.structures)} "
+                    "structures."
+                )
+            self._host = [{name: np.asarray(getattr(g, name)) for name in _FIELDS} for g in graphs]
+        self._nodes = np.array([len(f["positions"]) for f in self._host], dtype=np.int64)
+        self._edges = np.array([len(f["senders"]) for f in self._host], dtype=np.int64)
         largest = min(self.batch_size, len(self.structures))
         self.max_nodes = (
             int(np.sort(self._nodes)[-largest:].sum()) if max_nodes is None else int(max_nodes)
@@ -268,6 +324,14 @@ class GraphLoader:
                     f"{int(sizes[k])} {name[4:]}; raise {name} to at least {int(sizes.max())}."
                 )
         self.budgets = self._choose_budgets()
+
+    @property
+    def graphs(self) -> list[Graph]:
+        """Each structure's unpadded graph (JAX arrays): the graphs given to the constructor,
+        else built from the host copies on first use."""
+        if self._graphs is None:
+            self._graphs = [Graph(**fields) for fields in self._host]
+        return self._graphs
 
     def _order(self, epoch: int) -> np.ndarray:
         n = len(self.structures)
@@ -354,9 +418,9 @@ class GraphLoader:
         """The batches of one epoch (default: `self.epoch`), from batch number `start` on (to
         resume in the middle of an epoch). Does not change `self.epoch`."""
         for indices in self.batch_indices(epoch)[start:]:
-            yield make_batch(
+            yield _host_batch(
                 [self.structures[i] for i in indices],
-                [self.graphs[i] for i in indices],
+                [self._host[i] for i in indices],
                 self.budget_for(indices),
             )
 

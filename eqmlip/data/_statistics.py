@@ -7,8 +7,8 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from ..graph import Graph, neighbour_list
-from ._structure import Structure, structure_graph
+from ..graph import Graph, check_species, neighbour_list
+from ._structure import Structure, _neighbours
 
 # Radius (Å) searched for each atom's nearest neighbour when the cutoff is smaller, so that a
 # too-small cutoff can be reported with the distance it should exceed.
@@ -105,7 +105,7 @@ def _check_species(structures: Sequence[Structure], species: Collection[int] | N
     present = sorted({int(z) for s in structures for z in s.atomic_numbers})
     if species is None:
         return tuple(present)
-    given = tuple(sorted({int(z) for z in species}))
+    given = check_species(species, caller="statistics")
     missing = sorted(set(present) - set(given))
     if missing:
         raise ValueError(
@@ -166,8 +166,8 @@ def statistics(
     **Arguments:**
 
     - `structures`: the (training) structures.
-    - `species`: atomic numbers to report (a superset of those present); `None` takes those
-        present.
+    - `species`: atomic numbers to report, sorted without repeats (a superset of those
+        present); `None` takes those present.
     - `cutoff`: cutoff (Å) for `avg_num_neighbors` and the cutoff check (a `UserWarning` when
         it is too small, see [`eqmlip.data.DatasetStatistics.check_cutoff`][]); `None` skips them.
     - `atomic_energies`: `{Z: E0}` to use instead of fitting them (one per species).
@@ -236,20 +236,25 @@ def statistics(
     min_distance = math.inf
     if cutoff is not None:
         cutoff = float(cutoff)
-        if graphs is None:
-            graphs = [structure_graph(s, cutoff) for s in structures]
-        if len(graphs) != len(structures):
+        if graphs is not None and len(graphs) != len(structures):
             raise ValueError(
                 f"statistics: got {len(graphs)} graphs for {len(structures)} structures."
             )
-        num_edges = sum(g.num_edges for g in graphs)
+        # Edges on the host; lengths in float64 from the structures, whatever the graphs'
+        # precision.
+        neighbours = (
+            [_neighbours(s, cutoff) for s in structures]
+            if graphs is None
+            else [(np.asarray(g.senders), np.asarray(g.receivers), g.shifts) for g in graphs]
+        )
+        num_edges = sum(len(senders) for senders, _, _ in neighbours)
         avg_num_neighbors = num_edges / float(num_atoms.sum())
-        for g in graphs:
-            if g.num_edges:
+        for s, (senders, receivers, shifts) in zip(structures, neighbours, strict=True):
+            if len(senders):
                 lengths = np.linalg.norm(
-                    g.positions[g.receivers]
-                    - g.positions[g.senders]
-                    + g.shifts @ np.asarray(g.cell)[0],
+                    s.positions[receivers]
+                    - s.positions[senders]
+                    + np.asarray(shifts, dtype=np.float64) @ s.cell,
                     axis=1,
                 )
                 min_distance = min(min_distance, float(lengths.min()))

@@ -402,9 +402,41 @@ def write_structures(path: "str | os.PathLike[str]", structures: Sequence[Struct
     ase.io.write(os.fspath(path), [s.to_atoms() for s in structures], format="extxyz")
 
 
+# `(senders, receivers, shifts)` of one structure, as `eqmlip.graph.neighbour_list` gives them.
+_Neighbours = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _neighbours(structure: Structure, cutoff: float) -> _Neighbours:
+    """The structure's neighbour list on the host: `(senders, receivers, shifts)`."""
+    return neighbour_list(structure.positions, structure.cell, structure.pbc, cutoff)
+
+
+def _host_fields(structure: Structure, neighbours: _Neighbours) -> dict[str, np.ndarray]:
+    """The `Graph` fields of one structure as NumPy arrays: the host side of
+    `structure_graph` and of the loader, which batches them on the host and converts once."""
+    senders, receivers, shifts = neighbours
+    n, e = structure.num_atoms, len(senders)
+    return {
+        "positions": structure.positions,  # read-only, never copied
+        "atomic_numbers": structure.atomic_numbers.astype(np.int32),
+        "senders": np.asarray(senders, dtype=np.int32),
+        "receivers": np.asarray(receivers, dtype=np.int32),
+        "shifts": np.asarray(shifts, dtype=np.float64).reshape(e, 3),
+        "cell": structure.cell[None],
+        "pbc": structure.pbc[None],
+        "n_node": np.array([n], dtype=np.int32),
+        "n_edge": np.array([e], dtype=np.int32),
+        "node_mask": np.ones(n, dtype=bool),
+        "edge_mask": np.ones(e, dtype=bool),
+        "graph_mask": np.ones(1, dtype=bool),
+        "dataset_idx": np.array([structure.dataset_idx], dtype=np.int32),
+        "charge": np.array([structure.charge], dtype=np.int32),
+    }
+
+
 def structure_graph(structure: Structure, cutoff: float) -> Graph:
-    """The graph of one structure (NumPy arrays on the host), as [`eqmlip.Graph.from_atoms`][]
-    builds it: every directed pair within `cutoff`, periodic images included, found with
+    """The graph of one structure, as [`eqmlip.Graph.from_atoms`][] builds it: every directed
+    pair within `cutoff`, periodic images included, found on the host with
     [`eqmlip.graph.neighbour_list`][]. The structure's `charge` and `dataset_idx` are carried.
 
     **Arguments:**
@@ -412,27 +444,8 @@ def structure_graph(structure: Structure, cutoff: float) -> Graph:
     - `structure`: a [`eqmlip.data.Structure`][].
     - `cutoff`: the neighbour cutoff radius (Å), positive.
 
-    **Returns:** a `Graph` with one graph and no padding.
+    **Returns:** a `Graph` (JAX arrays) with one graph and no padding.
     """
     if not isinstance(structure, Structure):
         raise TypeError(f"structure_graph: expected a Structure, got {type(structure).__name__}.")
-    senders, receivers, shifts = neighbour_list(
-        structure.positions, structure.cell, structure.pbc, cutoff
-    )
-    n, e = structure.num_atoms, len(senders)
-    return Graph(
-        positions=np.array(structure.positions),
-        atomic_numbers=structure.atomic_numbers.astype(np.int32),
-        senders=senders,
-        receivers=receivers,
-        shifts=shifts,
-        cell=np.array(structure.cell)[None],
-        pbc=np.array(structure.pbc)[None],
-        n_node=np.array([n], dtype=np.int32),
-        n_edge=np.array([e], dtype=np.int32),
-        node_mask=np.ones(n, dtype=bool),
-        edge_mask=np.ones(e, dtype=bool),
-        graph_mask=np.ones(1, dtype=bool),
-        dataset_idx=np.array([structure.dataset_idx], dtype=np.int32),
-        charge=np.array([structure.charge], dtype=np.int32),
-    )
+    return Graph(**_host_fields(structure, _neighbours(structure, cutoff)))

@@ -3,10 +3,12 @@
 import collections
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eqmlip import batch_graphs, pad_graph
 from eqmlip.data import Batch, Budget, GraphLoader, Structure, make_batch, structure_graph
 
 from .conftest import cu_au_alloys
@@ -20,7 +22,16 @@ def _weights(batch: Batch) -> list[float]:
 
 
 def _check_batch(batch: Batch, by_weight: dict[float, Structure]):
+    """Exact values, in the batch's float dtype (float64 with x64, else float32)."""
     g = batch.graph
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(batch))
+    dtype = g.positions.dtype
+    assert dtype == (np.float64 if jax.config.read("jax_enable_x64") else np.float32)
+    assert batch.energy.dtype == batch.forces.dtype == batch.stress.dtype == dtype
+
+    def cast(x):
+        return np.asarray(x, dtype=dtype)
+
     leaves = [g.positions, g.shifts, g.cell, batch.energy, batch.forces, batch.stress, batch.weight]
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
     real = np.asarray(g.graph_mask)
@@ -32,21 +43,23 @@ def _check_batch(batch: Batch, by_weight: dict[float, Structure]):
     for k in np.flatnonzero(real):
         s = by_weight[float(batch.weight[k])]
         nodes = node_graph == k
-        np.testing.assert_array_equal(g.positions[nodes], s.positions)
+        np.testing.assert_array_equal(g.positions[nodes], cast(s.positions))
         np.testing.assert_array_equal(g.atomic_numbers[nodes], s.atomic_numbers)
         assert batch.has_energy[k] == (s.energy is not None)
-        assert batch.energy[k] == (0.0 if s.energy is None else s.energy)
+        assert batch.energy[k] == cast(0.0 if s.energy is None else s.energy)
         assert batch.has_forces[k] == (s.forces is not None)
         expected_forces = np.zeros((s.num_atoms, 3)) if s.forces is None else s.forces
-        np.testing.assert_array_equal(batch.forces[nodes], expected_forces)
+        np.testing.assert_array_equal(batch.forces[nodes], cast(expected_forces))
         assert batch.has_stress[k] == (s.stress is not None)
         expected_stress = np.zeros((3, 3)) if s.stress is None else s.stress
-        np.testing.assert_array_equal(batch.stress[k], expected_stress)
+        np.testing.assert_array_equal(batch.stress[k], cast(expected_stress))
 
 
 @pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "ordered"])
 @pytest.mark.parametrize("batch_size", [1, 4, 7])
-def test_every_structure_once_per_epoch_with_right_targets(mixed_structures, batch_size, shuffle):
+def test_every_structure_once_per_epoch_with_right_targets(
+    mixed_structures, batch_size, shuffle, x64
+):
     by_weight = {s.weight: s for s in mixed_structures}
     loader = GraphLoader(mixed_structures, CUTOFF, batch_size=batch_size, shuffle=shuffle, seed=1)
     orders = []
@@ -82,7 +95,8 @@ def test_trace_count_is_bounded_by_the_buckets():
             seen.add(batch.budget)
             total = masked_position_sum(batch)
             real = np.asarray(batch.graph.node_mask)
-            assert float(total) == pytest.approx(batch.graph.positions[real].sum(), rel=1e-5)
+            expected = np.asarray(batch.graph.positions)[real].sum()
+            assert float(total) == pytest.approx(float(expected), rel=1e-5)
     assert set(traces) == seen and all(count == 1 for count in traces.values())
     assert sum(traces.values()) == len(loader.budgets) <= loader.num_buckets
 
@@ -159,3 +173,31 @@ def test_make_batch_and_shape_checks(mixed_structures):
             has_forces=np.zeros(2, dtype=bool),
             has_stress=np.zeros(2, dtype=bool),
         )
+
+
+def test_host_batching_matches_batch_graphs_and_pad_graph(mixed_structures, x64):
+    """The loader batches and pads on the host, then converts once: the same graph as
+    batch_graphs and pad_graph give on the device, with the same dtypes."""
+    s = mixed_structures[3:8]
+    graphs = [structure_graph(x, CUTOFF) for x in s]
+    n = sum(x.num_atoms for x in s)
+    e = sum(g.num_edges for g in graphs)
+    budget = Budget(n + 3, e + 7, len(s) + 2)
+    batch = make_batch(s, graphs, budget)
+    reference = pad_graph(batch_graphs(graphs), *budget)
+    for a, b in zip(jax.tree.leaves(batch.graph), jax.tree.leaves(reference), strict=True):
+        assert isinstance(a, jax.Array) and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    # The loader's own host copies (from the structures) and given graphs give equal batches;
+    # its per-structure graphs are built on first use.
+    own = GraphLoader(s, CUTOFF, batch_size=len(s), shuffle=False)
+    given = GraphLoader(s, CUTOFF, batch_size=len(s), shuffle=False, graphs=graphs)
+    (a,), (b,) = list(own), list(given)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert own._graphs is None and given.graphs is given.graphs
+    for x, y in zip(jax.tree.leaves(own.graphs), jax.tree.leaves(graphs), strict=True):
+        assert isinstance(x, jax.Array) and x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

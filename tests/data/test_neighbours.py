@@ -1,6 +1,7 @@
 """eqmlip.data.structure_graph against ASE's own neighbour list on random cells."""
 
 import ase
+import jax
 import numpy as np
 import pytest
 from ase.build import molecule
@@ -18,7 +19,9 @@ def _triples(i, j, shifts) -> list[tuple]:
 
 
 def _assert_matches_ase(atoms: ase.Atoms, cutoff: float) -> Graph:
-    graph = structure_graph(Structure.from_atoms(atoms), cutoff)
+    """The graph (built with x64 on, so in float64, and returned as NumPy) has ASE's edges."""
+    with jax.enable_x64(True):
+        graph = jax.tree.map(np.asarray, structure_graph(Structure.from_atoms(atoms), cutoff))
     i, j, s, d = ase_neighbor_list("ijSd", atoms, cutoff)
     assert _triples(graph.senders, graph.receivers, graph.shifts) == _triples(i, j, s)
     vectors = (

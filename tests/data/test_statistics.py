@@ -80,6 +80,11 @@ def test_species_without_energy_warns_and_given_species_are_checked():
     assert stats.atomic_energies[1] == pytest.approx(-1.0) and stats.num_energies == 10
     with pytest.raises(ValueError, match=r"atomic numbers \[8\] that are not in species"):
         statistics(structures, species=[1, 6])
+    # Given species pass the library's one species check.
+    with pytest.raises(ValueError, match=r"^statistics: species must be sorted and without"):
+        statistics(structures, species=[8, 1])
+    with pytest.raises(ValueError, match=r"^statistics: species must be atomic numbers in 1..118"):
+        statistics(structures, species=[0, 1, 8])
     # A superset of species is fine; given E0s replace the fit.
     with pytest.warns(UserWarning, match="not determined"):
         assert statistics(structures, species=[1, 6, 8]).species == (1, 6, 8)

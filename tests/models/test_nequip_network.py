@@ -174,6 +174,11 @@ def test_partial_charges_coulomb_and_charge_embedding():
         _predict(model, batch)
     with pytest.raises(ValueError, match="same atoms"):
         batch.with_long_range(long_range[0])
+    # Batching or padding would have to offset and pad the long-range edges too: refused.
+    with pytest.raises(ValueError, match="carries long-range edges"):
+        pad_graph(batch.with_long_range(lr_batch), batch.num_nodes + 1, batch.num_edges, 5)
+    with pytest.raises(ValueError, match="carries long-range edges"):
+        batch_graphs([batch.with_long_range(lr_batch), batch])
     assert np.all(np.isfinite(np.asarray(_arr(out.forces))))
     # Coulomb kernel: 1/r at long range, finite at 0 with a finite gradient.
     r = jnp.asarray([0.0, 1.0, 6.0])

@@ -177,10 +177,18 @@ def test_resume_after_an_epochs_last_step(alloy_structures, model, tmp_path, mon
     assert logged["train_loss"] == "" and float(logged["valid_loss"]) > 0
 
     # Training longer than first planned is allowed on resume, and says where it resumes.
-    longer = train(model, loader(train_set), None, config.replace(epochs=2, quiet=False), resume=True)
+    longer = train(
+        model, loader(train_set), None, config.replace(epochs=2, quiet=False), resume=True
+    )
     assert (longer.progress.epoch, longer.progress.step) == (2, 6)
     assert "resuming at epoch 2, step 3" in capsys.readouterr().out
     assert longer.history[-1]["train_loss"] > 0
 
     with pytest.raises(ValueError, match="no checkpoint"):
-        train(model, loader(train_set), None, config.replace(log_dir=str(tmp_path / "new")), resume=True)
+        train(
+            model,
+            loader(train_set),
+            None,
+            config.replace(log_dir=str(tmp_path / "new")),
+            resume=True,
+        )

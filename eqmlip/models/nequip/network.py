@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..._misc import resolve_dtype
-from ...graph import Graph, species_index
+from ...graph import Graph, check_species, species_index
 from ...nn import MultiHeadReadoutBlock, select_head
 from ...ops.nequip import SCALAR, mask_rows, safe_norm, segment_sum
 from .._potential import AbstractPotential, PotentialOutputs, register_potential
@@ -41,15 +41,7 @@ def _name(option: Any) -> str:
 
 
 def _check_species(species: Sequence[int]) -> tuple[int, ...]:
-    values = tuple(int(z) for z in species)
-    if not values or any(not 1 <= z <= _MAX_Z for z in values):
-        raise ValueError(f"Nequip: species must be atomic numbers in 1..{_MAX_Z}, got {values}.")
-    if list(values) != sorted(set(values)):
-        raise ValueError(
-            f"Nequip: species must be sorted without repeats, got {values}; use "
-            f"{tuple(sorted(set(values)))}."
-        )
-    return values
+    return check_species(species, caller="Nequip")
 
 
 def _atomic_energy_table(
