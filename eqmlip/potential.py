@@ -111,12 +111,12 @@ def predict(
         raise ValueError("predict: stress=True needs forces=True (both come from one gradient).")
     if deterministic is None:
         deterministic = model.deterministic_scatter
-    positions = jnp.asarray(graph.positions)
+    positions = graph.positions
     dtype = positions.dtype
-    cell = jnp.asarray(graph.cell).astype(dtype)
+    cell = graph.cell.astype(dtype)
     node_graph = graph.node_graph_index()
     num_graphs = graph.num_graphs
-    node_mask = jnp.asarray(graph.node_mask)
+    node_mask = graph.node_mask
 
     def energy(pos: Array, eps: Array) -> tuple[Array, tuple[Array, Array | None]]:
         strained = eqx.tree_at(
@@ -139,15 +139,15 @@ def predict(
 
     energies = segment_sum(node_energies, node_graph, num_graphs, deterministic=deterministic)
     volume = jnp.abs(jnp.linalg.det(cell))
-    has_stress = jnp.any(jnp.asarray(graph.pbc), axis=-1) & (volume > 0.0)
-    has_stress = has_stress & jnp.asarray(graph.graph_mask)
+    has_stress = jnp.any(graph.pbc, axis=-1) & (volume > 0.0)
+    has_stress = has_stress & graph.graph_mask
     if virial is not None:
         safe_volume = jnp.where(has_stress, volume, 1.0)
         stress_out = jnp.where(has_stress[:, None, None], -virial / safe_volume[:, None, None], 0.0)
 
     dipole = None
     if charges is not None:
-        counts = jnp.asarray(graph.n_node).astype(dtype)
+        counts = graph.n_node.astype(dtype)
         centre = (
             segment_sum(jnp.where(node_mask[:, None], positions, 0.0), node_graph, num_graphs)
             / jnp.where(counts == 0, 1.0, counts)[:, None]

@@ -19,24 +19,24 @@ def _safe_ratio(num: Array, den: Array) -> Array:
 def _masks(batch: Batch) -> tuple[Array, Array, Array, Array]:
     """Per-graph energy/stress masks, per-node force mask, and atoms per graph (>= 1)."""
     graph = batch.graph
-    real = jnp.asarray(graph.graph_mask)
+    real = graph.graph_mask
     node_graph = graph.node_graph_index()
-    force_mask = jnp.asarray(batch.has_forces)[node_graph] & jnp.asarray(graph.node_mask)
-    atoms = jnp.maximum(jnp.asarray(graph.n_node), 1)
+    force_mask = batch.has_forces[node_graph] & graph.node_mask
+    atoms = jnp.maximum(graph.n_node, 1)
     return (
-        jnp.asarray(batch.has_energy) & real,
+        batch.has_energy & real,
         force_mask,
-        jnp.asarray(batch.has_stress) & real,
+        batch.has_stress & real,
         atoms,
     )
 
 
 def _cast_targets(batch: Batch, dtype: Any) -> tuple[Array, Array, Array, Array]:
     return (
-        jnp.asarray(batch.energy).astype(dtype),
-        jnp.asarray(batch.forces).astype(dtype),
-        jnp.asarray(batch.stress).astype(dtype),
-        jnp.asarray(batch.weight).astype(dtype),
+        batch.energy.astype(dtype),
+        batch.forces.astype(dtype),
+        batch.stress.astype(dtype),
+        batch.weight.astype(dtype),
     )
 
 
@@ -71,12 +71,12 @@ class Loss:
 
     def structure_weights(self, batch: Batch, dtype: Any) -> Float[Array, " graphs"]:
         """The weight of each graph: its `weight` times its head's weight (0 on padding)."""
-        weight = jnp.asarray(batch.weight).astype(dtype)
+        weight = batch.weight.astype(dtype)
         if self.head_weights is None:
             return weight
-        idx = jnp.asarray(batch.graph.dataset_idx)
+        idx = batch.graph.dataset_idx
         n = len(self.head_weights)
-        real = jnp.asarray(batch.graph.graph_mask)
+        real = batch.graph.graph_mask
         idx = eqx.error_if(
             idx,
             real & ((idx < 0) | (idx >= n)),

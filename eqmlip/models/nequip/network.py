@@ -348,33 +348,31 @@ class Nequip(AbstractPotential):
         """
         config = self.config
         deterministic = config.deterministic_scatter_ops
-        node_mask = jnp.asarray(graph.node_mask)
+        node_mask = graph.node_mask
         node_graph = graph.node_graph_index()
         num_graphs = graph.num_graphs
-        species = jnp.asarray(
-            species_index(jnp.asarray(graph.atomic_numbers), self.species, node_mask)
-        )
+        species = species_index(graph.atomic_numbers, self.species, node_mask)
         vectors = graph.edge_vectors()
         dtype = vectors.dtype
 
         charge_index = None
         if self.total_charges is not None:
-            node_charge = jnp.asarray(graph.charge)[node_graph]
+            node_charge = graph.charge[node_graph]
             table = jnp.asarray(self.total_charges, node_charge.dtype)
             hits = node_charge[:, None] == table[None, :]
             classes = jnp.arange(1, len(self.total_charges) + 1, dtype=jnp.int32)
             charge_index = jnp.sum(jnp.where(hits, classes[None, :], 0), axis=1).astype(jnp.int32)
 
         h, radial, sh = self.embedding(
-            species, vectors, charge_index=charge_index, edge_mask=jnp.asarray(graph.edge_mask)
+            species, vectors, charge_index=charge_index, edge_mask=graph.edge_mask
         )
-        senders, receivers = jnp.asarray(graph.senders), jnp.asarray(graph.receivers)
+        senders, receivers = graph.senders, graph.receivers
         x: e3nn.IrrepsArray = h
         for layer in self.layers:
             x = layer(x, species, radial, sh, senders, receivers)
         outputs = self.readout(x)
         assert isinstance(outputs, e3nn.IrrepsArray)
-        dataset_idx = jnp.asarray(graph.dataset_idx)
+        dataset_idx = graph.dataset_idx
         selected = select_head(outputs, dataset_idx, node_graph_index=node_graph)
         assert isinstance(selected, e3nn.IrrepsArray)
         out = selected.array
@@ -399,8 +397,8 @@ class Nequip(AbstractPotential):
         if config.predict_partial_charges:
             charges = jnp.where(node_mask, out[:, 1], 0.0)
             uncorrected = segment_sum(charges, node_graph, num_graphs, deterministic=deterministic)
-            n_node = jnp.asarray(graph.n_node)
-            total = jnp.asarray(graph.charge).astype(dtype)
+            n_node = graph.n_node
+            total = graph.charge.astype(dtype)
             safe_n = jnp.where(n_node == 0, 1, n_node).astype(dtype)
             correction = jnp.where(n_node == 0, 0.0, (uncorrected - total) / safe_n)
             charges = jnp.where(node_mask, charges - correction[node_graph], 0.0)
@@ -421,9 +419,9 @@ class Nequip(AbstractPotential):
                 "with graph.with_long_range(long_range_graph)."
             )
         r = safe_norm(graph.edge_vectors(long_range=True))
-        senders, receivers = jnp.asarray(long_range.senders), jnp.asarray(long_range.receivers)
+        senders, receivers = long_range.senders, long_range.receivers
         pair = COULOMB_CONSTANT * charges[senders] * charges[receivers] * physnet_switch(r)
-        pair = mask_rows(pair, jnp.asarray(long_range.edge_mask))
+        pair = mask_rows(pair, long_range.edge_mask)
         return 0.5 * segment_sum(
             pair, receivers, graph.num_nodes, deterministic=self.config.deterministic_scatter_ops
         )
