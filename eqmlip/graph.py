@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import matscipy.neighbours
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, Bool, Float, Int
 
 # What the constructor (and `edge_vectors`) accept: host arrays are converted once there.
@@ -43,7 +44,7 @@ _MAX_Z = len(ase.data.chemical_symbols) - 1  # 118
 def _host_value(x: _Arr) -> np.ndarray | None:
     """`x` as a NumPy array when its values are known here; `None` under tracing (jit, grad,
     vmap) or for arrays sharded over other processes."""
-    if isinstance(x, jax.core.Tracer):
+    if isinstance(x, Tracer):
         return None
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return None
@@ -577,7 +578,7 @@ def _padding(nodes: int, pads: tuple[int, int, int], dtypes: dict) -> dict:
     pad_nodes, pad_edges, pad_graphs = pads
 
     def like(name: str, shape: Collection[int], value: int | bool = 0) -> np.ndarray:
-        return np.full(shape, value, dtype=dtypes[name])
+        return np.full(tuple(shape), value, dtype=dtypes[name])
 
     counts_node = [pad_nodes] + [0] * (pad_graphs - 1) if pad_graphs else []
     counts_edge = [pad_edges] + [0] * (pad_graphs - 1) if pad_graphs else []

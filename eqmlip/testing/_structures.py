@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis.strategies import SearchStrategy
 from jaxtyping import Float, Int
 
-from ..graph import Graph, neighbour_list
+from ..graph import Graph, check_species, neighbour_list
 from ._strategies import rotations
 
 # Helpers called while Hypothesis draws take NumPy arrays and scalars only: the runtime type
@@ -22,9 +22,8 @@ from ._strategies import rotations
 def _check_common(
     name: str, species: Collection[int], min_atoms: int, max_atoms: int, min_distance: float
 ) -> tuple:
-    values = tuple(int(z) for z in species)
-    if not values or any(not 1 <= z <= 118 for z in values):
-        raise ValueError(f"{name}: species must be atomic numbers in 1..118, got {values}.")
+    # Any order and repeats are fine to draw from; the elements themselves must exist.
+    values = check_species(sorted({int(z) for z in species}), caller=name)
     if not 1 <= min_atoms <= max_atoms:
         raise ValueError(
             f"{name}: need 1 <= min_atoms <= max_atoms, got min_atoms={min_atoms}, "
@@ -32,7 +31,7 @@ def _check_common(
         )
     if not (math.isfinite(min_distance) and min_distance > 0):
         raise ValueError(f"{name}: min_distance must be positive and finite, got {min_distance}.")
-    return tuple(sorted(set(values)))
+    return values
 
 
 def _grid_site(index: int, side: int) -> Int[np.ndarray, "3"]:
@@ -250,7 +249,8 @@ def graphs(
     - `cutoff`: neighbour cutoff radius (Å), positive.
     - `dataset_idx`: the dataset index stored in each graph.
 
-    **Returns:** a `SearchStrategy[Graph]` of unpadded single-structure graphs on the host.
+    **Returns:** a `SearchStrategy[Graph]` of unpadded single-structure graphs, in JAX's
+    default precision while Hypothesis draws (float32 unless `jax_enable_x64` is on then).
     Batch and pad them with [`eqmlip.batch_graphs`][] and [`eqmlip.pad_graph`][].
 
     **Example:**

@@ -6,6 +6,7 @@ import math
 import ase
 import hypothesis
 import hypothesis.strategies as st
+import jax
 import numpy as np
 import pytest
 
@@ -111,6 +112,7 @@ def test_molecules_reach_flat_and_compact_shapes():
 @hypothesis.given(graph=testing.graphs(testing.crystals(max_atoms=2), cutoff=2.5, dataset_idx=1))
 def test_graphs_strategy(graph):
     assert isinstance(graph, Graph)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(graph))
     assert graph.num_graphs == 1 and graph.dataset_idx.tolist() == [1]
     assert graph.num_edges % 2 == 0 and graph.pbc.all()
 

@@ -84,11 +84,11 @@ def test_masked_targets_do_not_contribute(alloy_structures, model):
     batch = _batch(structures)
     loss = Loss(energy_weight=1.0, forces_weight=1.0, stress_weight=1.0)
     value, terms = eqx.filter_jit(loss)(model, batch)
-    junk_stress = batch.stress.copy()
+    junk_stress = np.array(batch.stress)
     junk_stress[1] = 1e3  # masked out: has_stress[1] is False
-    junk_forces = batch.forces.copy()
+    junk_forces = np.array(batch.forces)
     junk_forces[16:24] = 1e3  # the nodes of structure 2, whose forces are missing
-    junk_energy = batch.energy.copy()
+    junk_energy = np.array(batch.energy)
     junk_energy[2] = 1e3
     junk = eqx.tree_at(
         lambda b: (b.stress, b.forces, b.energy), batch, (junk_stress, junk_forces, junk_energy)
