@@ -522,7 +522,7 @@ def batch_graphs(graphs: Collection[Graph]) -> Graph:
             raise TypeError(f"batch_graphs: expected Graphs, got {type(g).__name__}.")
     _refuse_long_range(graphs, "batch_graphs")
     offsets = np.cumsum([0] + [g.num_nodes for g in graphs[:-1]]).tolist()
-    fields = {
+    fields: dict[str, Any] = {
         name: jnp.concatenate([getattr(g, name) for g in graphs], axis=0)
         for name in _FIELDS
         if name not in ("senders", "receivers")
@@ -627,9 +627,10 @@ def pad_graph(graph: Graph, n_node: int, n_edge: int, n_graph: int) -> Graph:
     pads = _padding_sizes(sizes, n_node, n_edge, n_graph)
     current = {name: getattr(graph, name) for name in _FIELDS}
     padding = _padding(graph.num_nodes, pads, {k: v.dtype for k, v in current.items()})
-    return Graph(
-        **{name: jnp.concatenate([current[name], padding[name]], axis=0) for name in _FIELDS}
-    )
+    fields: dict[str, Any] = {
+        name: jnp.concatenate([current[name], padding[name]], axis=0) for name in _FIELDS
+    }
+    return Graph(**fields)
 
 
 def _element(z: int) -> str:

@@ -1,5 +1,7 @@
 """eqmlip.Graph: neighbour lists (against ASE), edge vectors, batching, padding, species."""
 
+from typing import Any
+
 import ase
 import equinox as eqx
 import hypothesis
@@ -330,7 +332,7 @@ def test_fields_are_jax_arrays_in_the_default_precision(x64, build):
     atoms = _crystal()
     graph = Graph.from_atoms(atoms, 2.5)
     if build == "constructor":  # NumPy inputs, as a user may pass them
-        host = {
+        host: dict[str, Any] = {
             k: np.asarray(getattr(graph, k))
             for k in graph.__dataclass_fields__
             if k != "long_range"

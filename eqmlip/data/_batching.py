@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import numpy as np
@@ -330,7 +330,8 @@ class GraphLoader:
         """Each structure's unpadded graph (JAX arrays): the graphs given to the constructor,
         else built from the host copies on first use."""
         if self._graphs is None:
-            self._graphs = [Graph(**fields) for fields in self._host]
+            host: list[dict[str, Any]] = list(self._host)
+            self._graphs = [Graph(**fields) for fields in host]
         return self._graphs
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -414,15 +415,20 @@ class GraphLoader:
             self._cache = (epoch, self._batches_of_epoch(epoch))
         return list(self._cache[1])
 
+    def batch(self, indices: Sequence[int] | np.ndarray, budget: Budget | None = None) -> Batch:
+        """The batch of the structures at `indices`, padded to `budget` (default: the smallest
+        of the loader's budgets that holds them), batched on the host and converted once."""
+        return _host_batch(
+            [self.structures[i] for i in indices],
+            [self._host[i] for i in indices],
+            self.budget_for(indices) if budget is None else budget,
+        )
+
     def batches(self, epoch: int | None = None, start: int = 0) -> Iterator[Batch]:
         """The batches of one epoch (default: `self.epoch`), from batch number `start` on (to
         resume in the middle of an epoch). Does not change `self.epoch`."""
         for indices in self.batch_indices(epoch)[start:]:
-            yield _host_batch(
-                [self.structures[i] for i in indices],
-                [self._host[i] for i in indices],
-                self.budget_for(indices),
-            )
+            yield self.batch(indices)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch

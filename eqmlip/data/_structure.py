@@ -448,4 +448,5 @@ def structure_graph(structure: Structure, cutoff: float) -> Graph:
     """
     if not isinstance(structure, Structure):
         raise TypeError(f"structure_graph: expected a Structure, got {type(structure).__name__}.")
-    return Graph(**_host_fields(structure, _neighbours(structure, cutoff)))
+    fields: dict[str, Any] = _host_fields(structure, _neighbours(structure, cutoff))
+    return Graph(**fields)

@@ -202,18 +202,10 @@ def plan_epoch(
 
 def plan_batch(loader: GraphLoader, plan: StepPlan) -> Batch:
     """The stacked host batch of one step (see [`eqmlip.training.plan_epoch`][])."""
-    from ..data import make_batch
-
-    out = []
-    for ix in plan.indices:
-        if ix is None:
-            out.append(empty_batch(plan.budget))
-        else:
-            out.append(
-                make_batch(
-                    [loader.structures[i] for i in ix], [loader.graphs[i] for i in ix], plan.budget
-                )
-            )
+    out = [
+        empty_batch(plan.budget) if ix is None else loader.batch(ix, plan.budget)
+        for ix in plan.indices
+    ]
     return stack_batches(out)
 
 

@@ -26,7 +26,6 @@ from .config import NequipConfig
 EPSILON_0 = 5.5263494e-3
 COULOMB_CONSTANT = 1.0 / (4.0 * math.pi * EPSILON_0)
 PHYSNET_ENVELOPE_CUTOFF = 10.0
-_MAX_Z = 118
 
 
 # What `Nequip.__call__` returns: the generic outputs of a potential (kept under this name for
