@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .graph import Graph
-from .ops.nequip import segment_sum
+from .ops.segment import segment_sum
 
 
 class Prediction(NamedTuple):

@@ -1,13 +1,10 @@
 """Equinox modules, one for each Flax class that eqmlip replaces."""
 
+from ._attention import MultiHeadAttention as MultiHeadAttention, SelfAttention as SelfAttention
 from ._batch_norm import BatchNorm as BatchNorm
 from ._e3x import Dense as Dense, FusedTensor as FusedTensor, Tensor as Tensor
-from ._e3x_message import (
-    MessagePass as MessagePass,
-    MultiHeadAttention as MultiHeadAttention,
-    SelfAttention as SelfAttention,
-)
 from ._linear import Linear as Linear
+from ._message_pass import MessagePass as MessagePass
 from ._mlp import MultiLayerPerceptron as MultiLayerPerceptron
 from ._readout import (
     E3jLinear as E3jLinear,

@@ -1,4 +1,4 @@
-"""eqmlip.nn.MessagePass, MultiHeadAttention, SelfAttention and eqmlip.ops.e3x_message.
+"""eqmlip.nn.MessagePass, MultiHeadAttention and SelfAttention.
 
 Modules are built once per test module with `eqx.filter_eval_shape` and filled with NumPy
 draws (running the initialisers would compile once per parameter shape); every Hypothesis
@@ -21,7 +21,6 @@ import pytest
 
 from eqmlip import ops, testing
 from eqmlip.nn import MessagePass, MultiHeadAttention, SelfAttention, Tensor
-from eqmlip.ops import e3x_message
 
 K = jr.PRNGKey
 N, F, NUM_BASIS = 4, 2, 3
@@ -109,7 +108,7 @@ def _transformed(model, pos, features, cutoff, matrix, indices):
     rotation = matrix * sign
     cartesian = getattr(model.tensor, "cartesian_order", True)
     out = _apply(model, pos, features, cutoff, indices)
-    degree = max(ops.e3x.feature_shape(x.shape)[1] for x in (*features, out))
+    degree = max(ops.layouts.feature_shape(x.shape)[1] for x in (*features, out))
     wigner = ops.wigner_d(rotation, degree, cartesian_order=cartesian)
 
     def act(x):
@@ -264,66 +263,6 @@ def test_all_zero_cutoff_node_is_finite_with_zero_attention(data):
 
 
 # ------------------------------------------------------------------------------------------
-# Pure functions
-# ------------------------------------------------------------------------------------------
-
-
-@hypothesis.given(
-    logits=hnp.arrays(np.float64, (DST.size, 2), elements=st.floats(-30.0, 30.0)),
-    mask=hnp.arrays(np.float64, (DST.size,), elements=st.sampled_from([0.0, 0.25, 1.0])),
-)
-def test_indexed_softmax_sums_to_one_or_zero(logits, mask):
-    """Per destination and head, the weights sum to 1, or are all 0 when every mask is 0."""
-    with jax.enable_x64(True):
-        weights = np.asarray(
-            e3x_message.indexed_softmax(
-                jnp.asarray(logits),
-                jnp.asarray(mask),
-                dst_idx=jnp.asarray(DST),
-                num_segments=N,
-            )
-        )
-    for node in range(N):
-        rows = DST == node
-        total = weights[rows].sum(axis=0)
-        expected = 1.0 if np.any(mask[rows] > 0) else 0.0
-        np.testing.assert_allclose(total, expected, rtol=0, atol=1e-12)
-    assert np.all(weights >= 0) and not np.any(weights[mask == 0])
-
-
-@jax.jit
-def _degree_changes(x):
-    change = e3x_message.change_max_degree_or_type
-    proper = change(x, include_pseudotensors=False)
-    return proper, change(proper, max_degree=3, include_pseudotensors=True), change(x, max_degree=1)
-
-
-def test_change_max_degree_or_type_round_trips():
-    x = jr.normal(K(0), (3, 2, 9, 2))
-    proper, back, lower = _degree_changes(x)
-    assert proper.shape == (3, 1, 9, 2)
-    # Degree l keeps the channel of parity (-1)^l: even for l = 0, 2, odd for l = 1.
-    np.testing.assert_array_equal(proper[:, 0, 0], x[:, 0, 0])
-    np.testing.assert_array_equal(proper[:, 0, 1:4], x[:, 1, 1:4])
-    np.testing.assert_array_equal(proper[:, 0, 4:], x[:, 0, 4:])
-    assert back.shape == (3, 2, 16, 2)
-    assert (
-        not np.any(back[..., 9:, :]) and not np.any(back[:, 1, 0]) and not np.any(back[:, 0, 1:4])
-    )
-    np.testing.assert_array_equal(back[:, 1, 1:4], x[:, 1, 1:4])
-    np.testing.assert_array_equal(lower, x[..., :4, :])
-
-
-def test_head_groupings():
-    x = jnp.arange(6.0)
-    # Queries/keys: feature f is in head f % 3; values: feature f uses head f // 2.
-    np.testing.assert_array_equal(e3x_message.head_split(x, 3)[:, 1], [1.0, 4.0])
-    np.testing.assert_array_equal(
-        e3x_message.head_broadcast(jnp.asarray([10.0, 20.0, 30.0]), 6), [10, 10, 20, 20, 30, 30]
-    )
-
-
-# ------------------------------------------------------------------------------------------
 # Construction, errors, transformations
 # ------------------------------------------------------------------------------------------
 
@@ -367,7 +306,7 @@ def test_message_pass_bad_inputs_raise_clear_errors():
     with pytest.raises(
         TypeError, match=r"^MessagePass: src_idx must have an integer dtype, got float32"
     ):
-        e3x_message.check_indices(
+        ops.segment.check_indices(
             "MessagePass", adj_idx=None, dst_idx=idx["dst_idx"], src_idx=jnp.ones(8)
         )
     with pytest.raises(ValueError, match=r"^MessagePass: where is only used with dense indices"):
