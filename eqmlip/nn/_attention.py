@@ -444,33 +444,17 @@ class SelfAttention(MultiHeadAttention):
         inputs: Float[Array, "*batch nodes p dim f"],
         basis: Float[Array, "..."] | None = None,
         cutoff_value: Float[Array, "..."] | None = None,
-        *,
-        adj_idx: Integer[Array, "*batch nodes nbrs"] | None = None,
-        where: Bool[Array, "*batch nodes nbrs"] | None = None,
-        dst_idx: Integer[Array, "*batch edges"] | None = None,
-        src_idx: Integer[Array, "*batch edges"] | None = None,
-        num_segments: int | None = None,
-        indices_are_sorted: bool = False,
+        **indices: Any,
     ) -> Float[Array, "..."]:
         """Attend from `inputs` to themselves, as `SelfAttention.apply(variables, ...)` in e3x.
 
         **Arguments:**
 
         - `inputs`: `(..., N, P, (L+1)**2, F)`.
-        - `basis`, `cutoff_value`, `adj_idx`, `where`, `dst_idx`, `src_idx`, `num_segments`,
-            `indices_are_sorted`: as for [`eqmlip.nn.MultiHeadAttention`][].
+        - `basis`, `cutoff_value`, and the keyword-only `adj_idx`, `where`, `dst_idx`,
+            `src_idx`, `num_segments`, `indices_are_sorted`: as for
+            [`eqmlip.nn.MultiHeadAttention`][].
 
         **Returns:** `(..., N, P_out, (L_out+1)**2, out_features)` in the input dtype.
         """
-        return super().__call__(
-            inputs,
-            inputs,
-            basis,
-            cutoff_value,
-            adj_idx=adj_idx,
-            where=where,
-            dst_idx=dst_idx,
-            src_idx=src_idx,
-            num_segments=num_segments,
-            indices_are_sorted=indices_are_sorted,
-        )
+        return super().__call__(inputs, inputs, basis, cutoff_value, **indices)

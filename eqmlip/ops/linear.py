@@ -339,16 +339,30 @@ def _per_block(
     return jnp.concatenate(outs, axis=-1)
 
 
+def _e3j_mix(chunk: Float[Array, "n mul_in dim"], w: Float[Array, "mul_out mul_in"]) -> Array:
+    """`out[n, w, m] = sum_u w[w, u] chunk[n, u, m]`, as e3j computes it (`w @ chunk`)."""
+    return w @ chunk
+
+
 def block_linear(
     x: Float[Array, "n dim_in"],
     weights: Sequence[Float[Array, "_ _"]],
     blocks: Sequence[LinearBlock],
+    *,
+    e3j_order: bool = False,
 ) -> Float[Array, "n dim_out"]:
     """e3j's linear on an array in the input layout of `blocks` (regrouped for
     [`eqmlip.nn.E3jLinear`][]): per block, `y[w] = sum_u W[w, u] x[u] / sqrt(mul_in)`,
     concatenated in block order; zeros where the input lacks the block. `weights[k]` is
-    `(mul_out, mul_in)` for `blocks[k]`."""
-    return _per_block(x, weights, blocks, _mix)
+    `(mul_out, mul_in)` for `blocks[k]`.
+
+    With `e3j_order`, each block is contracted exactly as `e3j.linen.Linear` does
+    (`(W s) @ x`), so the result equals e3j's bit for bit ([`eqmlip.nn.E3jLinear`][], whose
+    outputs mlip's readout tests compare exactly). By default the multiplicity axis is
+    contracted last (a plain matrix product for scalars), which saves transposes in NequIP's
+    layers and agrees with e3j to rounding.
+    """
+    return _per_block(x, weights, blocks, _e3j_mix if e3j_order else _mix)
 
 
 def indexed_block_linear(
