@@ -29,7 +29,7 @@ from jaxtyping import Array, Bool, Float
 
 from .graph import Graph
 from .models._potential import AbstractPotential, node_energies_of as _node_energies_of
-from .ops.nequip import segment_sum
+from .ops.segment import segment_sum
 
 
 class Prediction(NamedTuple):

@@ -10,7 +10,7 @@ layer's nonscalars and gates, which NequIP's readout never reads) are checked an
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import e3nn_jax as e3nn
@@ -23,16 +23,35 @@ from ..models.nequip.blocks import NequipEmbeddingBlock, NequipLayer
 from ..models.nequip.config import NequipConfig
 from ..models.nequip.network import Nequip, _atomic_energy_table
 from ..nn import E3jLinear, MultiHeadReadoutBlock
-from ..ops.nequip import (
-    LinearBlock,
-    convolution_paths,
-    e3j_blocks,
-    mlip_linear_out_columns,
-    mlip_radial_columns,
-    split_target_irreps,
-)
+from ..ops.linear import LinearBlock, e3j_blocks
+from ..ops.nequip import ConvPath, convolution_paths, split_target_irreps
 
 Path = tuple[str, ...]
+
+
+# --- mlip's column permutations (channels factored out as a trailing axis) ----------------------
+
+
+def mlip_radial_columns(paths: Sequence[ConvPath]) -> np.ndarray:
+    """For each eqmlip radial-MLP output column, the mlip (trailing-channels) column."""
+    cols = []
+    for p in paths:
+        for c in range(p.channels):
+            for u in range(p.mul_red):
+                cols.append((p.mlip_k + u) * p.channels + c)
+    return np.asarray(cols, dtype=np.int64)
+
+
+def mlip_linear_out_columns(paths: Sequence[ConvPath], block: int) -> np.ndarray:
+    """For each eqmlip linear_out input copy of message block `block`, the mlip column."""
+    cols = []
+    for p in paths:
+        if p.block != block:
+            continue
+        for c in range(p.channels):
+            for u in range(p.mul_red):
+                cols.append(c * p.block_mul_red + p.mlip_j + u)
+    return np.asarray(cols, dtype=np.int64)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:

@@ -1,8 +1,9 @@
 """Equinox counterparts of `e3x.nn.Dense`, `Tensor` and `FusedTensor` (e3x feature layout)."""
 
+import abc
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -12,13 +13,11 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._misc import resolve_dtype
-from ..ops.e3x import (
-    TRUNCATED_NORMAL_STDDEV,
+from ..ops.layouts import Precision
+from ..ops.linear import dense_parameter_names, e3x_dense
+from ..ops.tensor_product import (
     FusedKernels,
-    Precision,
     check_tensor_degrees,
-    dense_parameter_names,
-    e3x_dense,
     e3x_fused_tensor,
     e3x_tensor,
     fused_matrix_degree,
@@ -27,6 +26,10 @@ from ..ops.e3x import (
 )
 
 Initializer = Callable[[PRNGKeyArray, tuple[int, ...], Any], Array]
+
+# e3x's truncated normal initialisers divide by the standard deviation of a standard normal
+# truncated to (-2, 2), so that the drawn values have the requested variance.
+TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
 # e3x's `FusedTensorInitializerFn`: `(scale, mask=True) -> initializer`.
 FusedInitializer = Callable[..., Initializer]
 
@@ -190,7 +193,109 @@ def _tensor_lecun_normal(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) 
     return jnp.where(mask[..., None], params, 0.0).astype(dtype)
 
 
-class Tensor(eqx.Module):
+class _ProductShape(NamedTuple):
+    """`(P, L)` of both inputs and of the output of a (fused) tensor product, and `F`."""
+
+    num_parity1: int
+    max_degree1: int
+    num_parity2: int
+    max_degree2: int
+    features: int
+    num_parity: int
+    max_degree: int
+
+
+class AbstractTensorProduct(eqx.Module):
+    """What [`eqmlip.nn.Tensor`][] and [`eqmlip.nn.FusedTensor`][] share: e3x's constructor
+    arguments and output shape rules, the static description of their inputs and output, and
+    the checks of their inputs. Each concrete class adds its kernels (`_initial_kernels`) and
+    its contraction (`__call__`)."""
+
+    num_parity1: int = eqx.field(static=True)
+    max_degree1: int = eqx.field(static=True)
+    num_parity2: int = eqx.field(static=True)
+    max_degree2: int = eqx.field(static=True)
+    features: int = eqx.field(static=True)
+    num_parity: int = eqx.field(static=True)
+    max_degree: int = eqx.field(static=True)
+    cartesian_order: bool = eqx.field(static=True)
+    precision: Precision = eqx.field(static=True)
+
+    def __init__(
+        self,
+        *,
+        num_parity1: int,
+        max_degree1: int,
+        num_parity2: int,
+        max_degree2: int,
+        features: int,
+        max_degree: int | None = None,
+        include_pseudotensors: bool = True,
+        cartesian_order: bool = True,
+        dtype: Any = None,
+        precision: Precision = None,
+        kernel_init: Initializer | FusedInitializer | None = None,
+        key: PRNGKeyArray,
+    ):
+        caller = type(self).__name__
+        _check_input_description(caller, num_parity1, max_degree1, features)
+        _check_input_description(caller, num_parity2, max_degree2, features)
+        max_degree3 = max(max_degree1, max_degree2) if max_degree is None else max_degree
+        if isinstance(max_degree3, bool) or not isinstance(max_degree3, int) or max_degree3 < 0:
+            raise ValueError(
+                f"{caller}: max_degree must be a non-negative int, got {max_degree!r}."
+            )
+        check_tensor_degrees(caller, max_degree1, max_degree2, max_degree3)
+        num_parity3 = tensor_num_parity(
+            num_parity1, max_degree1, num_parity2, max_degree2, max_degree3, include_pseudotensors
+        )
+        shape = _ProductShape(
+            num_parity1, max_degree1, num_parity2, max_degree2, features, num_parity3, max_degree3
+        )
+        for name, value in shape._asdict().items():
+            setattr(self, name, value)
+        self.cartesian_order = cartesian_order
+        self.precision = precision
+        kernels = type(self)._initial_kernels(shape, resolve_dtype(dtype), kernel_init, key)
+        for name, kernel in kernels.items():
+            setattr(self, name, kernel)
+
+    @classmethod
+    @abc.abstractmethod
+    def _initial_kernels(
+        cls, shape: _ProductShape, dtype: Any, kernel_init: Any, key: PRNGKeyArray
+    ) -> dict[str, Array]:
+        """The kernels by field name, drawn as e3x draws them (`kernel_init=None`: e3x's
+        default initialiser)."""
+
+    @abc.abstractmethod
+    def _contract(self, x1: Array, x2: Array) -> Array:
+        """The product of checked inputs, by the concrete class's own kernels."""
+
+    def __call__(
+        self, x1: Float[Array, "*batch p1 d1 f1"], x2: Float[Array, "*batch p2 d2 f2"]
+    ) -> Float[Array, "*batch {self.num_parity} {(self.max_degree+1)**2} {self.features}"]:
+        """Apply the layer, as `Tensor.apply(variables, x1, x2)` (or `FusedTensor.apply`) in
+        e3x.
+
+        **Arguments:**
+
+        - `x1`: `(..., P1, (L1+1)**2, F)`.
+        - `x2`: `(..., P2, (L2+1)**2, F)`, same dtype and batch shape.
+
+        **Returns:** `(..., P3, (L3+1)**2, F)` in the dtype of the inputs.
+        """
+        caller = type(self).__name__
+        _check_features(caller, "inputs1", x1, self.num_parity1, self.max_degree1, self.features)
+        _check_features(caller, "inputs2", x2, self.num_parity2, self.max_degree2, self.features)
+        if x1.dtype != x2.dtype:
+            raise TypeError(
+                f"{caller}: both inputs must have the same dtype, got {x1.dtype} and {x2.dtype}."
+            )
+        return self._contract(x1, x2)
+
+
+class Tensor(AbstractTensorProduct):
     """Tensor product of two e3x features: Equinox counterpart of `e3x.nn.Tensor`.
 
     $$z[\\ldots, c_3, (l_3 m_3), f] = \\sum w[c_1, l_1, c_2, l_2, c_3, l_3, f]
@@ -198,15 +303,16 @@ class Tensor(eqx.Module):
       x_2[\\ldots, c_2, (l_2 m_2), f]$$
 
     over the allowed paths (`|l1 - l2| <= l3 <= l1 + l2` and matching parity), with one weight
-    per path and feature (see [`eqmlip.ops.e3x.e3x_tensor`][]). Given the same weights, the
-    output equals e3x's.
+    per path and feature (see [`eqmlip.ops.tensor_product.e3x_tensor`][]). Given the same
+    weights, the output equals e3x's.
 
     Output shape (e3x's rules): `L3 = max_degree`, by default `max(L1, L2)`, and at most
     `L1 + L2`; `P3 = 2` if `include_pseudotensors` else 1, except that two `P=1` inputs give
     `P3 = 1` whenever one of `L1, L2, L3` is 0.
 
-    Differences from e3x: only the allowed paths are computed (cheaper, same result up to
-    rounding); the Clebsch-Gordan constants are built in the dtype of the inputs, so float32
+    Differences from e3x: the kernel, its mask and the Clebsch-Gordan coefficients are folded
+    into one constant before the contraction (faster, same result up to rounding); the
+    Clebsch-Gordan constants are built in the dtype of the inputs, so float32
     inputs give float32 outputs even under `jax_enable_x64` (e3x promotes them to float64);
     both inputs must have the same dtype (e3x promotes mixed dtypes) and the same batch shape;
     e3x's `dtype` (computation dtype) has no counterpart: computation follows the inputs.
@@ -231,62 +337,17 @@ class Tensor(eqx.Module):
     """
 
     kernel: Float[Array, "p1 l1 p2 l2 p3 l3 f"]
-    num_parity1: int = eqx.field(static=True)
-    max_degree1: int = eqx.field(static=True)
-    num_parity2: int = eqx.field(static=True)
-    max_degree2: int = eqx.field(static=True)
-    features: int = eqx.field(static=True)
-    num_parity: int = eqx.field(static=True)
-    max_degree: int = eqx.field(static=True)
-    cartesian_order: bool = eqx.field(static=True)
-    precision: Precision = eqx.field(static=True)
 
-    def __init__(
-        self,
-        *,
-        num_parity1: int,
-        max_degree1: int,
-        num_parity2: int,
-        max_degree2: int,
-        features: int,
-        max_degree: int | None = None,
-        include_pseudotensors: bool = True,
-        cartesian_order: bool = True,
-        dtype: Any = None,
-        precision: Precision = None,
-        kernel_init: Initializer | None = None,
-        key: PRNGKeyArray,
-    ):
-        _check_input_description("Tensor", num_parity1, max_degree1, features)
-        _check_input_description("Tensor", num_parity2, max_degree2, features)
-        max_degree3 = max(max_degree1, max_degree2) if max_degree is None else max_degree
-        if isinstance(max_degree3, bool) or not isinstance(max_degree3, int) or max_degree3 < 0:
-            raise ValueError(f"Tensor: max_degree must be a non-negative int, got {max_degree!r}.")
-        check_tensor_degrees("Tensor", max_degree1, max_degree2, max_degree3)
-        num_parity3 = tensor_num_parity(
-            num_parity1, max_degree1, num_parity2, max_degree2, max_degree3, include_pseudotensors
-        )
-        dtype = resolve_dtype(dtype)
-        shape = (
-            num_parity1,
-            max_degree1 + 1,
-            num_parity2,
-            max_degree2 + 1,
-            num_parity3,
-            max_degree3 + 1,
-            features,
-        )
+    __init__ = AbstractTensorProduct.__init__  # e3x's arguments (explicit for type checkers)
+
+    @classmethod
+    def _initial_kernels(
+        cls, shape: _ProductShape, dtype: Any, kernel_init: Any, key: PRNGKeyArray
+    ) -> dict[str, Array]:
+        p1, l1, p2, l2, features, p3, l3 = shape
         init = _tensor_lecun_normal if kernel_init is None else kernel_init
-        self.kernel = jnp.asarray(init(key, shape, dtype), dtype)
-        self.num_parity1 = num_parity1
-        self.max_degree1 = max_degree1
-        self.num_parity2 = num_parity2
-        self.max_degree2 = max_degree2
-        self.features = features
-        self.num_parity = num_parity3
-        self.max_degree = max_degree3
-        self.cartesian_order = cartesian_order
-        self.precision = precision
+        kernel_shape = (p1, l1 + 1, p2, l2 + 1, p3, l3 + 1, features)
+        return {"kernel": jnp.asarray(init(key, kernel_shape, dtype), dtype)}
 
     def __check_init__(self):
         expected = (
@@ -301,24 +362,7 @@ class Tensor(eqx.Module):
         if self.kernel.shape != expected:
             raise ValueError(f"Tensor: kernel has shape {self.kernel.shape}, expected {expected}.")
 
-    def __call__(
-        self, x1: Float[Array, "*batch p1 d1 f1"], x2: Float[Array, "*batch p2 d2 f2"]
-    ) -> Float[Array, "*batch {self.num_parity} {(self.max_degree+1)**2} {self.features}"]:
-        """Apply the layer, as `Tensor.apply(variables, x1, x2)` in e3x.
-
-        **Arguments:**
-
-        - `x1`: `(..., P1, (L1+1)**2, F)`.
-        - `x2`: `(..., P2, (L2+1)**2, F)`, same dtype and batch shape.
-
-        **Returns:** `(..., P3, (L3+1)**2, F)` in the dtype of the inputs.
-        """
-        _check_features("Tensor", "inputs1", x1, self.num_parity1, self.max_degree1, self.features)
-        _check_features("Tensor", "inputs2", x2, self.num_parity2, self.max_degree2, self.features)
-        if x1.dtype != x2.dtype:
-            raise TypeError(
-                f"Tensor: both inputs must have the same dtype, got {x1.dtype} and {x2.dtype}."
-            )
+    def _contract(self, x1: Array, x2: Array) -> Array:
         return e3x_tensor(
             x1,
             x2,
@@ -342,18 +386,19 @@ def _fused_tensor_normal(scale: Any, mask: Any = True) -> Initializer:
 _FUSED_NAMES = ("e1", "o1", "e2", "o2", "eee", "ooe", "eoo", "oeo")
 
 
-class FusedTensor(eqx.Module):
+class FusedTensor(AbstractTensorProduct):
     """Fused tensor product of two e3x features: Equinox counterpart of `e3x.nn.FusedTensor`.
 
     A cheaper tensor product with fewer parameters: both inputs are mapped to
     `(2k+1) x (2k+1)` matrices (`k = ceil(max(L1, L2, L3) / 2)`) with per-degree weights,
     multiplied, and mapped back with per-degree weights (see
-    [`eqmlip.ops.e3x.e3x_fused_tensor`][]). Output shape rules are those of
+    [`eqmlip.ops.tensor_product.e3x_fused_tensor`][]). Output shape rules are those of
     [`eqmlip.nn.Tensor`][]. Given the same weights, the output equals e3x's.
 
     Differences from e3x: structurally zero parts (the odd part of a `P=1, L=0` input) are
-    skipped and `P=1` inputs are split by indexing instead of masking (same result up to
-    rounding, except that e3x turns infinities in masked-out entries into NaN); float32 inputs
+    skipped and the even/odd selection of `P=1` inputs is folded into the constants (same
+    result up to rounding, except that e3x turns infinities in masked-out entries into NaN);
+    float32 inputs
     give float32 outputs even under `jax_enable_x64` (e3x promotes to float64).
 
     **Arguments:**
@@ -380,43 +425,14 @@ class FusedTensor(eqx.Module):
     kernel_ooe: Float[Array, "l3 f"]
     kernel_eoo: Float[Array, "l3 f"]
     kernel_oeo: Float[Array, "l3 f"]
-    num_parity1: int = eqx.field(static=True)
-    max_degree1: int = eqx.field(static=True)
-    num_parity2: int = eqx.field(static=True)
-    max_degree2: int = eqx.field(static=True)
-    features: int = eqx.field(static=True)
-    num_parity: int = eqx.field(static=True)
-    max_degree: int = eqx.field(static=True)
-    cartesian_order: bool = eqx.field(static=True)
-    precision: Precision = eqx.field(static=True)
 
-    def __init__(
-        self,
-        *,
-        num_parity1: int,
-        max_degree1: int,
-        num_parity2: int,
-        max_degree2: int,
-        features: int,
-        max_degree: int | None = None,
-        include_pseudotensors: bool = True,
-        cartesian_order: bool = True,
-        dtype: Any = None,
-        precision: Precision = None,
-        kernel_init: FusedInitializer | None = None,
-        key: PRNGKeyArray,
-    ):
-        _check_input_description("FusedTensor", num_parity1, max_degree1, features)
-        _check_input_description("FusedTensor", num_parity2, max_degree2, features)
-        l3 = max(max_degree1, max_degree2) if max_degree is None else max_degree
-        if isinstance(l3, bool) or not isinstance(l3, int) or l3 < 0:
-            raise ValueError(
-                f"FusedTensor: max_degree must be a non-negative int, got {max_degree!r}."
-            )
-        check_tensor_degrees("FusedTensor", max_degree1, max_degree2, l3)
-        p1, l1, p2, l2 = num_parity1, max_degree1, num_parity2, max_degree2
-        p3 = tensor_num_parity(p1, l1, p2, l2, l3, include_pseudotensors)
-        dtype = resolve_dtype(dtype)
+    __init__ = AbstractTensorProduct.__init__  # e3x's arguments (explicit for type checkers)
+
+    @classmethod
+    def _initial_kernels(
+        cls, shape: _ProductShape, dtype: Any, kernel_init: Any, key: PRNGKeyArray
+    ) -> dict[str, Array]:
+        p1, l1, p2, l2, features, _, l3 = shape
         factory = _fused_tensor_normal if kernel_init is None else kernel_init
 
         # e3x's scales: inputs by the matrix size and the number of degrees, outputs by the
@@ -459,25 +475,7 @@ class FusedTensor(eqx.Module):
             )
             for k, (scale, mask, degree) in zip(keys, specs, strict=True)
         ]
-        (
-            self.kernel_e1,
-            self.kernel_o1,
-            self.kernel_e2,
-            self.kernel_o2,
-            self.kernel_eee,
-            self.kernel_ooe,
-            self.kernel_eoo,
-            self.kernel_oeo,
-        ) = kernels
-        self.num_parity1 = p1
-        self.max_degree1 = l1
-        self.num_parity2 = p2
-        self.max_degree2 = l2
-        self.features = features
-        self.num_parity = p3
-        self.max_degree = l3
-        self.cartesian_order = cartesian_order
-        self.precision = precision
+        return {f"kernel_{name}": k for name, k in zip(_FUSED_NAMES, kernels, strict=True)}
 
     def __check_init__(self):
         degrees = {
@@ -494,28 +492,7 @@ class FusedTensor(eqx.Module):
                     f"FusedTensor: kernel_{name} has shape {kernel.shape}, expected {expected}."
                 )
 
-    def __call__(
-        self, x1: Float[Array, "*batch p1 d1 f1"], x2: Float[Array, "*batch p2 d2 f2"]
-    ) -> Float[Array, "*batch {self.num_parity} {(self.max_degree+1)**2} {self.features}"]:
-        """Apply the layer, as `FusedTensor.apply(variables, x1, x2)` in e3x.
-
-        **Arguments:**
-
-        - `x1`: `(..., P1, (L1+1)**2, F)`.
-        - `x2`: `(..., P2, (L2+1)**2, F)`, same dtype and batch shape.
-
-        **Returns:** `(..., P3, (L3+1)**2, F)` in the dtype of the inputs.
-        """
-        _check_features(
-            "FusedTensor", "inputs1", x1, self.num_parity1, self.max_degree1, self.features
-        )
-        _check_features(
-            "FusedTensor", "inputs2", x2, self.num_parity2, self.max_degree2, self.features
-        )
-        if x1.dtype != x2.dtype:
-            raise TypeError(
-                f"FusedTensor: both inputs must have the same dtype, got {x1.dtype} and {x2.dtype}."
-            )
+    def _contract(self, x1: Array, x2: Array) -> Array:
         kernels = FusedKernels(
             *(getattr(self, f"kernel_{name}").astype(x1.dtype) for name in _FUSED_NAMES)
         )

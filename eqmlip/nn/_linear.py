@@ -11,9 +11,12 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._misc import irreps_entry, resolve_dtype
 from ..ops.linear import (
+    LinearBlock,
     LinearPath,
     Normalization,
     bias_outputs,
+    block_linear,
+    e3j_blocks,
     fold_channels,
     linear_contract,
     linear_paths,
@@ -387,3 +390,77 @@ class Linear(eqx.Module):
             return scale * jax.lax.dot_general(weights, p, (((weights.ndim - 1,), (0,)), ((), ())))
 
         return [mix(w) for w in ws], [mix(b) for b in bs]
+
+
+# --- e3j's equivariant linear (`e3j.linen.Linear`, layout "E3NN", FAN_IN, rescaled gradients) ---
+
+
+class E3jLinear(eqx.Module):
+    """Equivariant linear layer of e3j: Equinox counterpart of `e3j.linen.Linear` with
+    `layout="E3NN"`, `kernel_init="FAN_IN"`, `rescale_gradients=True` (as mlip uses it).
+
+    $$y_{lp}[w] = \\sum_u W_{lp}[w, u]\\, x_{lp}[u] / \\sqrt{m^{in}_{lp}}$$
+
+    with `W` stored `(mul_out, mul_in)` (transposed relative to e3nn-jax) and initialised
+    N(0, 1). Blocks are enumerated as [`eqmlip.ops.linear.e3j_blocks`][] describes for the
+    regrouped irreps: an output `(l, p)` that the input
+    lacks gives zeros, an input `(l, p)` that the output lacks is dropped, and both keep their
+    zero-size weights, as Flax does (`weight{i}_{l}_{p}`).
+
+    **Arguments:**
+
+    - `irreps_in`: input irreps; inputs may list them in any order (they are regrouped; e3j
+        requires them sorted).
+    - `irreps_out`: output irreps; the output is `irreps_out.regroup()`.
+    - `dtype`: parameter dtype; `None` is the default floating dtype.
+    - `key`: a `jax.random.PRNGKey`.
+    """
+
+    weights: tuple[Array, ...]
+    irreps_in: e3nn.Irreps = eqx.field(static=True)
+    irreps_out: e3nn.Irreps = eqx.field(static=True)
+    blocks: tuple[LinearBlock, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        irreps_in: e3nn.Irreps | str,
+        irreps_out: e3nn.Irreps | str,
+        *,
+        dtype: Any = None,
+        key: PRNGKeyArray,
+    ):
+        dtype = resolve_dtype(dtype)
+        self.irreps_in = e3nn.Irreps(irreps_in)
+        self.irreps_out = e3nn.Irreps(irreps_out).regroup()
+        self.blocks = e3j_blocks(self.irreps_in.regroup(), self.irreps_out)
+        keys = jr.split(key, max(len(self.blocks), 1))
+        self.weights = tuple(
+            jr.normal(k, (b.mul_out, b.mul_in), dtype)
+            for k, b in zip(keys, self.blocks, strict=False)
+        )
+
+    def __check_init__(self):
+        for i, (b, w) in enumerate(zip(self.blocks, self.weights, strict=True)):
+            if w.shape != (b.mul_out, b.mul_in):
+                raise ValueError(
+                    f"E3jLinear: weight{i}_{b.l}_{b.p} has shape {w.shape}, expected "
+                    f"{(b.mul_out, b.mul_in)}."
+                )
+
+    def __call__(self, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+        """**Arguments:** `x`, an `IrrepsArray` of shape `[nodes, dim]` whose irreps regroup to
+        `irreps_in.regroup()`.
+
+        **Returns:** an `IrrepsArray` with irreps `irreps_out` (regrouped), `[nodes, dim]`.
+        """
+        if x.irreps.regroup() != self.irreps_in.regroup():
+            raise ValueError(
+                f"E3jLinear: input irreps {x.irreps} do not match the expected irreps "
+                f"{self.irreps_in} (compared after regroup)."
+            )
+        if x.ndim != 2:
+            raise ValueError(f"E3jLinear: expected an input of shape [nodes, dim], got {x.shape}.")
+        array = regroup_columns(x.array, x.irreps)
+        return e3nn.IrrepsArray(
+            self.irreps_out, block_linear(array, self.weights, self.blocks, e3j_order=True)
+        )

@@ -1,7 +1,7 @@
 """Per-node readouts of mlip (`mlip.models.readout`): linear maps or MLPs, one set per head."""
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -13,147 +13,12 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._misc import default_floating_dtype, resolve_dtype
 from ..ops.activation import activation_scale
-from ..ops.linear import regroup_columns
+from ..ops.gate import GateSpec, ScaledActivation, e3nn_gate_spec, gate, gate_irreps
+from ._linear import E3jLinear
 
 Activation = Callable[[jax.Array], jax.Array]
 Initializer = Callable[[PRNGKeyArray, tuple[int, ...], Any], Array]
 _IntArray = Array | np.ndarray
-
-
-# --- e3j's equivariant linear (`e3j.linen.Linear`, layout "E3NN", FAN_IN, rescaled gradients) ---
-
-
-class E3jBlock(NamedTuple):
-    """One `(l, p)` block of an e3j linear: a `(mul_out, mul_in)` weight acting on the
-    multiplicity index of the input columns `start : start + mul_in * (2l+1)`."""
-
-    l: int  # noqa: E741
-    p: int
-    mul_in: int
-    mul_out: int
-    start: int
-
-
-def e3j_blocks(irreps_in: e3nn.Irreps, irreps_out: e3nn.Irreps) -> tuple[E3jBlock, ...]:
-    """The weight blocks of `e3j.linen.Linear(irreps_in, irreps_out)` on regrouped irreps.
-
-    Every `(l, p)` up to the largest `l` on either side is enumerated in e3nn's order
-    (`0e, 0o, 1o, 1e, 2e, 2o, ...`) and kept when either side has multiplicity > 0; this is
-    e3j's canonical zip (and equals its plain zip when both sides list the same irreps). A
-    block that only the output has gives zeros (weight `(mul_out, 0)`); one that only the input
-    has is dropped (weight `(0, mul_in)`). Weight `i` is Flax's `weight{i}_{l}_{p}`.
-    """
-    ins = {ir: mul for mul, ir in irreps_in.regroup()}
-    outs = {ir: mul for mul, ir in irreps_out.regroup()}
-    l_max = max((ir.l for ir in (*ins, *outs)), default=0)
-    starts: dict[e3nn.Irrep, int] = {}
-    offset = 0
-    for mul, ir in irreps_in.regroup():
-        starts[ir] = offset
-        offset += mul * ir.dim
-    blocks = []
-    for degree in range(l_max + 1):
-        for parity in ((-1) ** degree, -((-1) ** degree)):
-            ir = e3nn.Irrep(degree, parity)
-            mul_in, mul_out = ins.get(ir, 0), outs.get(ir, 0)
-            if mul_in or mul_out:
-                blocks.append(E3jBlock(degree, parity, mul_in, mul_out, starts.get(ir, 0)))
-    return tuple(blocks)
-
-
-def e3j_linear(
-    x: Float[Array, "nodes dim_in"],
-    weights: Sequence[Float[Array, "_ _"]],
-    blocks: Sequence[E3jBlock],
-) -> Float[Array, "nodes dim_out"]:
-    """Apply e3j's linear to an array in the regrouped input layout.
-
-    Block by block, `y[n, w, m] = sum_u (W[w, u] / sqrt(mul_in)) x[n, u, m]` with `W` of shape
-    `(mul_out, mul_in)`, computed as e3j does (scale the weight, then a batched matmul), and
-    concatenated in block order: the regrouped output layout.
-    """
-    nodes = x.shape[0]
-    outs = []
-    for block, w in zip(blocks, weights, strict=True):
-        dim = 2 * block.l + 1
-        if w.size > 0:
-            scaled = w.astype(x.dtype) * float(np.sqrt(1.0 / block.mul_in))
-            chunk = x[:, block.start : block.start + block.mul_in * dim]
-            y = scaled @ chunk.reshape(nodes, block.mul_in, dim)
-            outs.append(y.reshape(nodes, block.mul_out * dim))
-        else:
-            outs.append(jnp.zeros((nodes, block.mul_out * dim), x.dtype))
-    if not outs:
-        return jnp.zeros((nodes, 0), x.dtype)
-    return jnp.concatenate(outs, axis=-1)
-
-
-class E3jLinear(eqx.Module):
-    """Equivariant linear layer of e3j: Equinox counterpart of `e3j.linen.Linear` with
-    `layout="E3NN"`, `kernel_init="FAN_IN"`, `rescale_gradients=True` (as mlip uses it).
-
-    $$y_{lp}[w] = \\sum_u W_{lp}[w, u]\\, x_{lp}[u] / \\sqrt{m^{in}_{lp}}$$
-
-    with `W` stored `(mul_out, mul_in)` (transposed relative to e3nn-jax) and initialised
-    N(0, 1). Blocks are enumerated as `e3j_blocks` describes: an output `(l, p)` that the input
-    lacks gives zeros, an input `(l, p)` that the output lacks is dropped, and both keep their
-    zero-size weights, as Flax does (`weight{i}_{l}_{p}`).
-
-    **Arguments:**
-
-    - `irreps_in`: input irreps; inputs may list them in any order (they are regrouped; e3j
-        requires them sorted).
-    - `irreps_out`: output irreps; the output is `irreps_out.regroup()`.
-    - `dtype`: parameter dtype; `None` is the default floating dtype.
-    - `key`: a `jax.random.PRNGKey`.
-    """
-
-    weights: tuple[Array, ...]
-    irreps_in: e3nn.Irreps = eqx.field(static=True)
-    irreps_out: e3nn.Irreps = eqx.field(static=True)
-    blocks: tuple[E3jBlock, ...] = eqx.field(static=True)
-
-    def __init__(
-        self,
-        irreps_in: e3nn.Irreps | str,
-        irreps_out: e3nn.Irreps | str,
-        *,
-        dtype: Any = None,
-        key: PRNGKeyArray,
-    ):
-        dtype = resolve_dtype(dtype)
-        self.irreps_in = e3nn.Irreps(irreps_in)
-        self.irreps_out = e3nn.Irreps(irreps_out).regroup()
-        self.blocks = e3j_blocks(self.irreps_in, self.irreps_out)
-        keys = jr.split(key, max(len(self.blocks), 1))
-        self.weights = tuple(
-            jr.normal(k, (b.mul_out, b.mul_in), dtype)
-            for k, b in zip(keys, self.blocks, strict=False)
-        )
-
-    def __check_init__(self):
-        for i, (b, w) in enumerate(zip(self.blocks, self.weights, strict=True)):
-            if w.shape != (b.mul_out, b.mul_in):
-                raise ValueError(
-                    f"E3jLinear: weight{i}_{b.l}_{b.p} has shape {w.shape}, expected "
-                    f"{(b.mul_out, b.mul_in)}."
-                )
-
-    def __call__(self, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
-        """**Arguments:** `x`, an `IrrepsArray` of shape `[nodes, dim]` whose irreps regroup to
-        `irreps_in.regroup()`.
-
-        **Returns:** an `IrrepsArray` with irreps `irreps_out` (regrouped), `[nodes, dim]`.
-        """
-        if x.irreps.regroup() != self.irreps_in.regroup():
-            raise ValueError(
-                f"E3jLinear: input irreps {x.irreps} do not match the expected irreps "
-                f"{self.irreps_in} (compared after regroup)."
-            )
-        if x.ndim != 2:
-            raise ValueError(f"E3jLinear: expected an input of shape [nodes, dim], got {x.shape}.")
-        array = regroup_columns(x.array, x.irreps)
-        return e3nn.IrrepsArray(self.irreps_out, e3j_linear(array, self.weights, self.blocks))
 
 
 # --- mlip's MLP (`mlip.models.blocks.MLP` with biases, no layer norm) -------------------------
@@ -200,43 +65,21 @@ def _kernel_init(mlp_kernel_init: Any) -> tuple[Initializer, bool]:
 # --- the gate between equivariant layers (`e3nn.gate(x, even_act=act, even_gate_act=None)`) ---
 
 
-class _GateScales(NamedTuple):
-    """Normalisation constants of the gate's activations (None: used unchanged)."""
+def _gate_spec(irreps: e3nn.Irreps, act: Activation) -> GateSpec:
+    """`e3nn.gate(x, even_act=act, even_gate_act=None)` with normalised activations (`soft_odd`
+    on odd scalars, `tanh` on odd gates), the constants computed once at construction."""
+    dtype = default_floating_dtype()
 
-    even: float | None  # the user's activation on even scalars
-    odd: float | None  # e3nn.soft_odd on odd scalars
-    odd_gate: float | None  # tanh on odd gates (even gates are not activated)
+    def normalised(fn: Activation) -> ScaledActivation:
+        return ScaledActivation(fn, activation_scale(fn, dtype))
 
-
-def _normalised(act: Activation, c: float | None) -> Activation:
-    if c is None:
-        return act
-    return lambda v: act(v) / c
-
-
-def _gate(x: e3nn.IrrepsArray, act: Activation, scales: _GateScales) -> e3nn.IrrepsArray:
-    """`e3nn.gate(x, even_act=act, even_gate_act=None)` (normalised activations), with the
-    normalisation constants computed once at construction rather than at every trace."""
-    even = _normalised(act, scales.even)
-    odd = _normalised(e3nn.soft_odd, scales.odd)
-    odd_gate = _normalised(jnp.tanh, scales.odd_gate)
-    # e3nn-jax's annotations are narrower than what it accepts (strings, None, jax functions).
-    activate: Any = e3nn.scalar_activation
-    scalars = x.filter(keep=cast(Any, ["0e", "0o"]))
-    vectors = x.filter(drop=cast(Any, ["0e", "0o"]))
-    if vectors.shape[-1] == 0:
-        return activate(scalars, even_act=even, odd_act=odd, normalize_act=False)
-    n_gates = vectors.irreps.num_irreps
-    if scalars.irreps.dim < n_gates:
-        raise ValueError(
-            f"the gate needs one scalar per non-scalar irrep: {x.irreps} has "
-            f"{scalars.irreps.dim} scalars for {n_gates} non-scalars."
-        )
-    extra = scalars.slice_by_mul[: scalars.irreps.dim - n_gates]
-    gates = scalars.slice_by_mul[scalars.irreps.dim - n_gates :]
-    extra = activate(extra, even_act=even, odd_act=odd, normalize_act=False)
-    gates = activate(gates, even_act=None, odd_act=odd_gate, normalize_act=False)
-    return e3nn.concatenate([extra, gates * vectors], axis=-1)
+    return e3nn_gate_spec(
+        irreps,
+        even=normalised(act),
+        odd=normalised(e3nn.soft_odd),
+        even_gate=None,
+        odd_gate=normalised(jnp.tanh),
+    )
 
 
 # --- readouts ----------------------------------------------------------------------------------
@@ -297,7 +140,7 @@ class ReadoutBlock(eqx.Module):
     activation: Activation | None = eqx.field(static=True)
     use_equiv: bool = eqx.field(static=True)
     out_features: int | e3nn.Irreps = eqx.field(static=True)
-    gate_scales: _GateScales | None = eqx.field(static=True)
+    gates: tuple[GateSpec, ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -324,24 +167,22 @@ class ReadoutBlock(eqx.Module):
         if use_equiv:
             irreps_in = _as_irreps(in_features)
             targets = tuple(_as_irreps(f) for f in features)
-            if activation is None:
-                self.gate_scales = None
-            else:
-                scale_dtype = default_floating_dtype()
-                self.gate_scales = _GateScales(
-                    activation_scale(activation, scale_dtype),
-                    activation_scale(e3nn.soft_odd, scale_dtype),
-                    activation_scale(jnp.tanh, scale_dtype),
-                )
-            layers = []
+            layers, gates = [], []
             source = irreps_in
             for k, (target, layer_key) in enumerate(zip(targets, keys, strict=True)):
                 layer = E3jLinear(source, target, dtype=dtype, key=layer_key)
                 layers.append(layer)
                 source = layer.irreps_out
-                if self.gate_scales is not None and k < len(targets) - 1:
-                    source = self._gated_irreps(source, k)
+                if activation is not None and k < len(targets) - 1:
+                    try:
+                        gates.append(_gate_spec(source, activation))
+                    except ValueError as error:
+                        raise ValueError(
+                            f"ReadoutBlock: cannot gate the output {source} of layer {k}: {error}"
+                        ) from error
+                    source = gate_irreps(gates[-1])
             self.layers = tuple(layers)
+            self.gates = tuple(gates)
             self.in_features = irreps_in
             self.features = targets
             self.out_features = source
@@ -374,24 +215,10 @@ class ReadoutBlock(eqx.Module):
                 )
                 for k, n_in, n_out in zip(keys, fan_ins, sizes, strict=True)
             )
-            self.gate_scales = None
+            self.gates = ()
             self.in_features = int(in_features)
             self.features = tuple(sizes)
             self.out_features = sizes[-1]
-
-    def _gated_irreps(self, irreps: e3nn.Irreps, k: int) -> e3nn.Irreps:
-        assert self.activation is not None and self.gate_scales is not None
-        try:
-            # Traced abstractly, so nothing is compiled: only the irreps are needed.
-            act, scales = self.activation, self.gate_scales
-            out = jax.eval_shape(
-                lambda: _gate(e3nn.IrrepsArray(irreps, jnp.zeros((1, irreps.dim))), act, scales)
-            )
-            return out.irreps
-        except ValueError as error:
-            raise ValueError(
-                f"ReadoutBlock: cannot gate the output {irreps} of layer {k}: {error}"
-            ) from error
 
     def __check_init__(self):
         if self.use_equiv:
@@ -458,9 +285,9 @@ class ReadoutBlock(eqx.Module):
         h: e3nn.IrrepsArray = x
         for k, layer in enumerate(self.layers):
             h = layer(h)
-            if self.activation is not None and k < len(self.layers) - 1:
-                assert self.gate_scales is not None
-                h = _gate(h, self.activation, self.gate_scales)
+            if k < len(self.gates):
+                spec = self.gates[k]
+                h = e3nn.IrrepsArray(gate_irreps(spec), gate(h.array, spec))
         return h
 
     def _mlp(self, x: e3nn.IrrepsArray | Array) -> Array:

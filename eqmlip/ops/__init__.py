@@ -1,38 +1,31 @@
-"""Pure functions on arrays and static irreps; `eqmlip.nn` modules hold parameters, call these."""
+"""Pure functions on arrays and static irreps, one module per concept; `eqmlip.nn` modules hold
+parameters and call these."""
 
-from . import e3x as e3x, e3x_message as e3x_message, nequip as nequip
+from . import (
+    activation as activation,
+    attention as attention,
+    conversions as conversions,
+    cutoffs as cutoffs,
+    gate as gate,
+    layouts as layouts,
+    linear as linear,
+    nequip as nequip,
+    radial as radial,
+    segment as segment,
+    so3 as so3,
+    tensor_product as tensor_product,
+)
 from .batch_norm import batch_norm as batch_norm
-from .e3x import (
-    basic_bernstein as basic_bernstein,
-    basic_fourier as basic_fourier,
-    basic_gaussian as basic_gaussian,
-    basis as basis,
-    clebsch_gordan as clebsch_gordan,
+from .conversions import from_irreps_array as from_irreps_array, to_irreps_array as to_irreps_array
+from .cutoffs import (
     cosine_cutoff as cosine_cutoff,
-    e3x_dense as e3x_dense,
-    e3x_fused_tensor as e3x_fused_tensor,
-    e3x_tensor as e3x_tensor,
-    exponential_bernstein as exponential_bernstein,
-    exponential_fourier as exponential_fourier,
-    exponential_gaussian as exponential_gaussian,
-    exponential_mapping as exponential_mapping,
-    from_irreps_array as from_irreps_array,
-    reciprocal_bernstein as reciprocal_bernstein,
-    reciprocal_fourier as reciprocal_fourier,
-    reciprocal_gaussian as reciprocal_gaussian,
-    reciprocal_mapping as reciprocal_mapping,
-    reflect as reflect,
-    rotate as rotate,
-    sinc as sinc,
     smooth_cutoff as smooth_cutoff,
     smooth_damping as smooth_damping,
-    spherical_harmonics as spherical_harmonics,
-    to_irreps_array as to_irreps_array,
-    wigner_d as wigner_d,
 )
 from .linear import (
     LinearPath as LinearPath,
     bias_outputs as bias_outputs,
+    e3x_dense as e3x_dense,
     fold_channels as fold_channels,
     linear_contract as linear_contract,
     linear_paths as linear_paths,
@@ -41,3 +34,26 @@ from .linear import (
     regroup_columns as regroup_columns,
     unfold_channels as unfold_channels,
 )
+from .radial import (
+    basic_bernstein as basic_bernstein,
+    basic_fourier as basic_fourier,
+    basic_gaussian as basic_gaussian,
+    basis as basis,
+    exponential_bernstein as exponential_bernstein,
+    exponential_fourier as exponential_fourier,
+    exponential_gaussian as exponential_gaussian,
+    exponential_mapping as exponential_mapping,
+    reciprocal_bernstein as reciprocal_bernstein,
+    reciprocal_fourier as reciprocal_fourier,
+    reciprocal_gaussian as reciprocal_gaussian,
+    reciprocal_mapping as reciprocal_mapping,
+    sinc as sinc,
+)
+from .so3 import (
+    clebsch_gordan as clebsch_gordan,
+    reflect as reflect,
+    rotate as rotate,
+    spherical_harmonics as spherical_harmonics,
+    wigner_d as wigner_d,
+)
+from .tensor_product import e3x_fused_tensor as e3x_fused_tensor, e3x_tensor as e3x_tensor

@@ -1,7 +1,9 @@
-"""Second-moment normalisation of activation functions, as e3nn-jax computes it."""
+"""Activation functions: mlip's table by name, their parity, and their second-moment
+normalisation as e3nn-jax computes it."""
 
 import functools
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -28,3 +30,43 @@ def activation_scale(act: Callable[[jax.Array], jax.Array], dtype: np.dtype) -> 
     if np.allclose(c, 1.0):
         return None
     return c
+
+
+ActivationName = Literal["tanh", "silu", "relu", "elu", "swish", "sigmoid", "none"]
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+# mlip's `parse_activation` table (mlip.models.options.Activation).
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jax.nn.tanh,
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "elu": jax.nn.elu,
+    "swish": jax.nn.swish,
+    "sigmoid": jax.nn.sigmoid,
+    "none": _identity,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation function called `name` in mlip (`"swish"`, `"tanh"`, ...)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.")
+    return ACTIVATIONS[name]
+
+
+@functools.lru_cache(maxsize=32)
+def activation_parity(name: str) -> int:
+    """`1` for an even activation, `-1` for an odd one, `0` for neither (e3nn's test)."""
+    x = np.linspace(0.0, 10.0, 256)
+    with jax.ensure_compile_time_eval():
+        a1 = np.asarray(activation(name)(jnp.asarray(x)))
+        a2 = np.asarray(activation(name)(jnp.asarray(-x)))
+    if np.max(np.abs(a1 - a2)) < 1e-5:
+        return 1
+    if np.max(np.abs(a1 + a2)) < 1e-5:
+        return -1
+    return 0

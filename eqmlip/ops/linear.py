@@ -1,4 +1,5 @@
-"""Equivariant linear maps between irreps, as pure functions.
+"""Equivariant linear maps, as pure functions: e3nn-jax's `Linear`, e3j's block linear and
+e3x's `Dense`.
 
 An equivariant linear map sends each input chunk `mul_in x ir` to every output chunk of the same
 irrep through a `(mul_in, mul_out)` matrix acting on the multiplicity index (Schur's lemma):
@@ -10,14 +11,16 @@ with the path weights $c_p$ of e3nn-jax's `FunctionalLinear`.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import e3nn_jax as e3nn
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from .._misc import irreps_entry
+from .layouts import Precision, feature_shape
 
 # "element" (0.0), "path" (1.0) or a float; checked at run time with a message naming the options.
 Normalization = str | float
@@ -241,3 +244,204 @@ def unfold_channels(
     if not chunks:
         return jnp.zeros((*batch, channels, 0), x.dtype)
     return jnp.concatenate(chunks, axis=-1)
+
+
+# --- e3j's block linear (`e3j.linen.Linear`, `LinearIndexwise`; layout "E3NN") -----------------
+
+
+class LinearBlock(NamedTuple):
+    """One `(l, p)` block of an e3j linear: a `(mul_out, mul_in)` weight (scaled by
+    [`eqmlip.ops.linear.block_scale`][] at run time) acting on the multiplicity index of the
+    input columns `start_in : start_in + mul_in (2l+1)`."""
+
+    l: int  # noqa: E741
+    p: int
+    mul_in: int
+    mul_out: int
+    start_in: int
+
+    @property
+    def dim(self) -> int:
+        return 2 * self.l + 1
+
+
+def e3j_blocks(irreps_in: e3nn.Irreps, irreps_out: e3nn.Irreps) -> tuple[LinearBlock, ...]:
+    """The blocks of `e3j.linen.Linear(irreps_in, irreps_out)` (and of `LinearIndexwise`).
+
+    With the same `(l, p)` list on both sides, blocks are zipped; otherwise every canonical
+    `(l, p)` (`0e, 0o, 1o, 1e, 2e, ...`) up to the largest `l` is listed and kept when either
+    side has it (the two agree for regrouped irreps). A block that only the output has gives
+    zeros (weight `(mul_out, 0)`); one that only the input has is dropped (weight
+    `(0, mul_in)`). Block `i` is Flax's `weight{i}_{l}_{p}`, zero-size blocks included.
+    """
+    ins = [(ir, mul) for mul, ir in irreps_in]
+    outs = [(ir, mul) for mul, ir in irreps_out]
+    starts = {}
+    offset = 0
+    for mul, ir in irreps_in:
+        starts[ir] = offset
+        offset += mul * ir.dim
+    if [ir for ir, _ in ins] == [ir for ir, _ in outs]:
+        return tuple(
+            LinearBlock(ir.l, ir.p, m_in, m_out, starts[ir])
+            for (ir, m_in), (_, m_out) in zip(ins, outs, strict=True)
+        )
+    d_in, d_out = dict(ins), dict(outs)
+    l_max = max((ir.l for ir in (*d_in, *d_out)), default=0)
+    blocks = []
+    for degree in range(l_max + 1):
+        for parity in ((-1) ** degree, -((-1) ** degree)):
+            ir = e3nn.Irrep(degree, parity)
+            m_in, m_out = d_in.get(ir, 0), d_out.get(ir, 0)
+            if m_in or m_out:
+                blocks.append(LinearBlock(degree, parity, m_in, m_out, starts.get(ir, 0)))
+    return tuple(blocks)
+
+
+def block_scale(mul_in: int) -> float:
+    """`sqrt(1 / mul_in)`, e3j's run-time scale of a block weight (`rescale_gradients=True`),
+    computed as e3j computes it."""
+    return math.sqrt(1.0 / mul_in)
+
+
+def _mix(chunk: Float[Array, "n mul_in dim"], w: Float[Array, "mul_out mul_in"]) -> Array:
+    """`out[n, w, m] = sum_u w[w, u] chunk[n, u, m]`, as a matmul on the last axis."""
+    if chunk.shape[-1] == 1:
+        return (chunk[..., 0] @ w.T)[..., None]
+    return jnp.swapaxes(jnp.swapaxes(chunk, -1, -2) @ w.T, -1, -2)
+
+
+def _per_block(
+    x: Float[Array, "n dim_in"],
+    weights: Sequence[Array],
+    blocks: Sequence[LinearBlock],
+    mix: Callable[[Array, Array], Array],
+) -> Float[Array, "n dim_out"]:
+    """`mix(chunk, scaled weight)` block by block, concatenated in block order.
+
+    `chunk` is `(n, mul_in, 2l+1)` and the weight is scaled by `block_scale(mul_in)`; a block
+    that the input lacks gives zeros, one that the output lacks gives nothing (as e3j).
+    """
+    n = x.shape[0]
+    outs = []
+    for block, w in zip(blocks, weights, strict=True):
+        if block.mul_out == 0:
+            continue
+        if block.mul_in == 0:
+            outs.append(jnp.zeros((n, block.mul_out * block.dim), x.dtype))
+            continue
+        chunk = x[:, block.start_in : block.start_in + block.mul_in * block.dim]
+        scaled = w.astype(x.dtype) * block_scale(block.mul_in)
+        y = mix(chunk.reshape(n, block.mul_in, block.dim), scaled)
+        outs.append(y.reshape(n, block.mul_out * block.dim))
+    if not outs:
+        return jnp.zeros((n, 0), x.dtype)
+    return jnp.concatenate(outs, axis=-1)
+
+
+def _e3j_mix(chunk: Float[Array, "n mul_in dim"], w: Float[Array, "mul_out mul_in"]) -> Array:
+    """`out[n, w, m] = sum_u w[w, u] chunk[n, u, m]`, as e3j computes it (`w @ chunk`)."""
+    return w @ chunk
+
+
+def block_linear(
+    x: Float[Array, "n dim_in"],
+    weights: Sequence[Float[Array, "_ _"]],
+    blocks: Sequence[LinearBlock],
+    *,
+    e3j_order: bool = False,
+) -> Float[Array, "n dim_out"]:
+    """e3j's linear on an array in the input layout of `blocks` (regrouped for
+    [`eqmlip.nn.E3jLinear`][]): per block, `y[w] = sum_u W[w, u] x[u] / sqrt(mul_in)`,
+    concatenated in block order; zeros where the input lacks the block. `weights[k]` is
+    `(mul_out, mul_in)` for `blocks[k]`.
+
+    With `e3j_order`, each block is contracted exactly as `e3j.linen.Linear` does
+    (`(W s) @ x`), so the result equals e3j's bit for bit ([`eqmlip.nn.E3jLinear`][], whose
+    outputs mlip's readout tests compare exactly). By default the multiplicity axis is
+    contracted last (a plain matrix product for scalars), which saves transposes in NequIP's
+    layers and agrees with e3j to rounding.
+    """
+    return _per_block(x, weights, blocks, _e3j_mix if e3j_order else _mix)
+
+
+def indexed_block_linear(
+    x: Float[Array, "n dim_in"],
+    index: Int[Array, " n"],
+    weights: Sequence[Float[Array, "num _ _"]],
+    blocks: Sequence[LinearBlock],
+) -> Float[Array, "n dim_out"]:
+    """e3j's `LinearIndexwise`: row `n` uses the weights `W[index[n]]` (`(num, mul_out, mul_in)`
+    per block), scaled by `1/sqrt(mul_in)`.
+
+    Computed as one matmul on the one-hot expansion `onehot(index) (x) x` against the stacked
+    weights `(num * mul_in, mul_out)`, which never materialises a weight matrix per row.
+    """
+    num = weights[0].shape[0] if len(weights) else 0
+    onehot = (index[:, None] == jnp.arange(num, dtype=index.dtype)[None, :]).astype(x.dtype)
+
+    def mix(chunk: Array, w: Array) -> Array:
+        n, mul_in, dim = chunk.shape
+        stacked = jnp.swapaxes(w, 1, 2).reshape(num * mul_in, w.shape[1])
+        expanded = chunk[:, None] * onehot[:, :, None, None]
+        return _mix(expanded.reshape(n, num * mul_in, dim), stacked.T)
+
+    return _per_block(x, weights, blocks, mix)
+
+
+# --- e3x's Dense (`e3x.nn.Dense`, e3x feature layout) ------------------------------------------
+
+
+def dense_parameter_names(num_parity: int, max_degree: int) -> tuple[str, ...]:
+    """Flax names `"{l}+"`/`"{l}-"` of the kernels of `e3x.nn.Dense`, in `(channel, l)` order.
+
+    With `P=2`, channel 0 is `+` and channel 1 is `-`; with `P=1` the sign is that of `(-1)^l`.
+    """
+    if num_parity == 2:
+        return tuple(f"{deg}{sign}" for sign in "+-" for deg in range(max_degree + 1))
+    return tuple(f"{deg}{'+-'[deg % 2]}" for deg in range(max_degree + 1))
+
+
+def e3x_dense(
+    x: Float[Array, "*batch p dim fin"],
+    kernels: Sequence[Float[Array, "fin fout"]],
+    bias: Float[Array, " fout"] | None = None,
+    *,
+    precision: Precision = None,
+) -> Float[Array, "*batch p dim fout"]:
+    """The map of `e3x.nn.Dense`: one matrix per degree and parity, a bias on `0e` only.
+
+    $$y[\\ldots, c, l, m, :] = x[\\ldots, c, l, m, :]\\, W_{c,l} + b\\,[c = 0, l = 0]$$
+
+    Each block is a `lax.dot_general` over the feature axis, as in Flax's `nn.Dense`.
+
+    **Arguments:**
+
+    - `x`: features `(..., P, (L+1)**2, F_in)`.
+    - `kernels`: `P (L+1)` matrices `(F_in, F_out)` ordered by `(channel, l)`
+        (names in [`eqmlip.ops.linear.dense_parameter_names`][]), in the dtype of `x`.
+    - `bias`: optional `(F_out,)` for the `0e` block.
+    - `precision`: passed to `lax.dot_general`.
+
+    **Returns:** `(..., P, (L+1)**2, F_out)`.
+    """
+    num_parity, max_degree, _ = feature_shape(x.shape, caller="e3x_dense")
+    if len(kernels) != num_parity * (max_degree + 1):
+        raise ValueError(
+            f"e3x_dense: expected {num_parity * (max_degree + 1)} kernels for features of "
+            f"shape {x.shape}, got {len(kernels)}."
+        )
+    channels = []
+    for channel in range(num_parity):
+        blocks = []
+        for deg in range(max_degree + 1):
+            block = x[..., channel, deg * deg : (deg + 1) ** 2, :]
+            kernel = kernels[channel * (max_degree + 1) + deg]
+            y = jax.lax.dot_general(
+                block, kernel, (((block.ndim - 1,), (0,)), ((), ())), precision=precision
+            )
+            if bias is not None and channel == 0 and deg == 0:
+                y = y + bias
+            blocks.append(y)
+        channels.append(jnp.concatenate(blocks, axis=-2))
+    return jnp.stack(channels, axis=-3)

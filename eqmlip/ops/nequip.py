@@ -17,151 +17,27 @@ and [`eqmlip.ops.nequip.ConvPath`][] records where mlip keeps each of eqmlip's c
 weights convert one-for-one (see `eqmlip.interop.mlip`). The layer applies linear_out to
 the paths from scalar inputs on the edges when that narrows them (`interaction`): the default
 first layer then scatters 340 columns per edge instead of 1152.
+
+The other pieces of a NequIP layer are not specific to it and live with their kind: e3j's block
+linears in `eqmlip.ops.linear`, the Bessel radial embedding in `eqmlip.ops.radial`, the
+spherical harmonics in `eqmlip.ops.so3`, the gate in `eqmlip.ops.gate`, segment sums in
+`eqmlip.ops.segment`; mlip's column permutations in `eqmlip.interop.mlip`.
 """
 
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
-from .._misc import irreps_entry
-
-ActivationName = Literal["tanh", "silu", "relu", "elu", "swish", "sigmoid", "none"]
-EnvelopeName = Literal["polynomial_envelope", "soft_envelope", "cosine_cutoff"]
-
-
-def _identity(x: jax.Array) -> jax.Array:
-    return x
-
-
-# mlip's `parse_activation` table (mlip.models.options.Activation).
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "tanh": jax.nn.tanh,
-    "silu": jax.nn.silu,
-    "relu": jax.nn.relu,
-    "elu": jax.nn.elu,
-    "swish": jax.nn.swish,
-    "sigmoid": jax.nn.sigmoid,
-    "none": _identity,
-}
-
-ENVELOPES: tuple[str, ...] = ("polynomial_envelope", "soft_envelope", "cosine_cutoff")
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The activation function called `name` in mlip (`"swish"`, `"tanh"`, ...)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}.")
-    return ACTIVATIONS[name]
-
-
-@functools.lru_cache(maxsize=32)
-def activation_parity(name: str) -> int:
-    """`1` for an even activation, `-1` for an odd one, `0` for neither (e3nn's test)."""
-    x = np.linspace(0.0, 10.0, 256)
-    with jax.ensure_compile_time_eval():
-        a1 = np.asarray(activation(name)(jnp.asarray(x)))
-        a2 = np.asarray(activation(name)(jnp.asarray(-x)))
-    if np.max(np.abs(a1 - a2)) < 1e-5:
-        return 1
-    if np.max(np.abs(a1 + a2)) < 1e-5:
-        return -1
-    return 0
-
-
-# --- edges: lengths, radial basis, spherical harmonics ------------------------------------------
-
-
-def safe_norm(vectors: Float[Array, "*batch 3"]) -> Float[Array, "*batch"]:
-    """`|v|`, with value and gradient 0 at `v = 0` (mlip's `safe_norm`)."""
-    squared = jnp.sum(vectors**2, axis=-1)
-    zero = squared == 0.0
-    return jnp.where(zero, 0.0, jnp.where(zero, 1.0, squared) ** 0.5)
-
-
-def bessel_basis(r: Float[Array, " edges"], num: int, cutoff: float) -> Float[Array, "edges {num}"]:
-    """`B_n(r) = sqrt(2/c) sin(n pi r / c) / r`, `n = 1..num` (e3nn's `bessel`), finite at 0."""
-    r = r[:, None]
-    n = jnp.arange(1, num + 1, dtype=r.dtype)
-    nonzero = jnp.where(r == 0.0, 1.0, r)
-    return math.sqrt(2.0 / cutoff) * jnp.where(
-        r == 0.0, n * math.pi / cutoff, jnp.sin(n * math.pi / cutoff * nonzero) / nonzero
-    )
-
-
-def polynomial_envelope(
-    r: Float[Array, " edges"], cutoff: float, p: int = 5
-) -> Float[Array, " edges"]:
-    """DimeNet's envelope `1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)`,
-    `x = r/c`, times `[r < c]`."""
-    x = r / cutoff
-    u = (
-        1.0
-        - ((p + 1.0) * (p + 2.0) / 2.0) * x**p
-        + p * (p + 2.0) * x ** (p + 1)
-        - (p * (p + 1.0) / 2.0) * x ** (p + 2)
-    )
-    return jnp.where(r < cutoff, u, 0.0)
-
-
-def soft_envelope(r: Float[Array, " edges"], cutoff: float) -> Float[Array, " edges"]:
-    """e3nn's `soft_envelope(r, cutoff, arg_multiplicator=2, value_at_origin=1.2)`:
-    `1.2 sus(2 (1 - r/c)) / sus(2)` with `sus(x) = exp(-1/x) [x > 0]`."""
-    x = 2.0 * (1.0 - r / cutoff)
-    positive = x > 0.0
-    sus = jnp.where(positive, jnp.exp(-1.0 / jnp.where(positive, x, 1.0)), 0.0)
-    return (1.2 / math.exp(-1.0 / 2.0)) * sus
-
-
-def cosine_cutoff(r: Float[Array, " edges"], cutoff: float) -> Float[Array, " edges"]:
-    """`(cos(pi r / c) + 1) / 2`, times `[r < c]`."""
-    return jnp.where(r < cutoff, 0.5 * (jnp.cos(r * math.pi / cutoff) + 1.0), 0.0)
-
-
-def radial_embedding(
-    r: Float[Array, " edges"], num: int, cutoff: float, envelope: str = "polynomial_envelope"
-) -> Float[Array, "edges {num}"]:
-    """mlip's non-learnable Bessel `RadialEmbeddingBlock`: `B(r) u(r)`, set to 0 where `r = 0`
-    (so zero-length padding edges carry nothing), gradient-safe everywhere."""
-    if envelope == "polynomial_envelope":
-        env = polynomial_envelope(r, cutoff)
-    elif envelope == "soft_envelope":
-        env = soft_envelope(r, cutoff)
-    elif envelope == "cosine_cutoff":
-        env = cosine_cutoff(r, cutoff)
-    else:
-        raise ValueError(f"unknown radial envelope {envelope!r}; expected one of {ENVELOPES}.")
-    basis = bessel_basis(r, num, cutoff) * env[:, None]
-    return jnp.where((r == 0.0)[:, None], 0.0, basis)
-
-
-def spherical_harmonics(
-    vectors: Float[Array, "*batch 3"], l_max: int
-) -> Float[Array, "*batch sh_dim"]:
-    """`Y^0 .. Y^{l_max}` of the unit vectors (e3nn, `"component"` normalisation: `Y^0 = 1`,
-    `|Y^l|^2 = 2l+1`; `Y^1 = sqrt(3) (x, y, z)`). A zero vector gives `Y^0 = 1`, `Y^l = 0`."""
-    irreps = e3nn.Irreps.spherical_harmonics(l_max)
-    return e3nn.spherical_harmonics(
-        irreps,
-        vectors,
-        normalize=True,
-        normalization="component",
-        algorithm=("recursive", "dense", "custom_jvp"),
-    ).array
-
-
-# --- irreps bookkeeping -------------------------------------------------------------------------
-
-
-def sh_irreps(l_max: int) -> e3nn.Irreps:
-    """`1x0e + 1x1o + ... + 1x{l_max}`, the irreps of the spherical harmonics."""
-    return e3nn.Irreps.spherical_harmonics(l_max)
+from .linear import LinearBlock, _mix, block_scale
+from .segment import segment_sum
+from .so3 import sh_irreps
 
 
 def tp_path_exists(source: e3nn.Irreps, l_max: int, ir: e3nn.Irrep) -> bool:
@@ -288,143 +164,6 @@ def convolution_paths(
     return tuple(paths), message_irreps
 
 
-def mlip_radial_columns(paths: Sequence[ConvPath]) -> np.ndarray:
-    """For each eqmlip radial-MLP output column, the mlip (trailing-channels) column."""
-    cols = []
-    for p in paths:
-        for c in range(p.channels):
-            for u in range(p.mul_red):
-                cols.append((p.mlip_k + u) * p.channels + c)
-    return np.asarray(cols, dtype=np.int64)
-
-
-def mlip_linear_out_columns(paths: Sequence[ConvPath], block: int) -> np.ndarray:
-    """For each eqmlip linear_out input copy of message block `block`, the mlip column."""
-    cols = []
-    for p in paths:
-        if p.block != block:
-            continue
-        for c in range(p.channels):
-            for u in range(p.mul_red):
-                cols.append(c * p.block_mul_red + p.mlip_j + u)
-    return np.asarray(cols, dtype=np.int64)
-
-
-# --- e3j-style block linears --------------------------------------------------------------------
-
-
-class LinearBlock(NamedTuple):
-    """One `(l, p)` block of an e3j linear: a `(mul_out, mul_in)` weight (scaled by
-    `1/sqrt(mul_in)` at run time) from input columns `start_in : start_in + mul_in (2l+1)`."""
-
-    l: int  # noqa: E741
-    p: int
-    mul_in: int
-    mul_out: int
-    start_in: int
-
-    @property
-    def dim(self) -> int:
-        return 2 * self.l + 1
-
-
-def e3j_blocks(irreps_in: e3nn.Irreps, irreps_out: e3nn.Irreps) -> tuple[LinearBlock, ...]:
-    """The blocks of `e3j.linen.Linear(irreps_in, irreps_out)` (and of `LinearIndexwise`).
-
-    With the same `(l, p)` list on both sides, blocks are zipped; otherwise every canonical
-    `(l, p)` (`0e, 0o, 1o, 1e, 2e, ...`) up to the largest `l` is listed and kept when either
-    side has it. Block `i` is Flax's `weight{i}_{l}_{p}`; some have zero size.
-    """
-    ins = [(ir, mul) for mul, ir in irreps_in]
-    outs = [(ir, mul) for mul, ir in irreps_out]
-    starts = {}
-    offset = 0
-    for mul, ir in irreps_in:
-        starts[ir] = offset
-        offset += mul * ir.dim
-    if [ir for ir, _ in ins] == [ir for ir, _ in outs]:
-        return tuple(
-            LinearBlock(ir.l, ir.p, m_in, m_out, starts[ir])
-            for (ir, m_in), (_, m_out) in zip(ins, outs, strict=True)
-        )
-    d_in, d_out = dict(ins), dict(outs)
-    l_max = max((ir.l for ir in (*d_in, *d_out)), default=0)
-    blocks = []
-    for degree in range(l_max + 1):
-        for parity in ((-1) ** degree, -((-1) ** degree)):
-            ir = e3nn.Irrep(degree, parity)
-            m_in, m_out = d_in.get(ir, 0), d_out.get(ir, 0)
-            if m_in or m_out:
-                blocks.append(LinearBlock(degree, parity, m_in, m_out, starts.get(ir, 0)))
-    return tuple(blocks)
-
-
-def _mix(chunk: Float[Array, "n mul_in dim"], w: Float[Array, "mul_out mul_in"]) -> Array:
-    """`out[n, w, m] = sum_u w[w, u] chunk[n, u, m]`, as a matmul on the last axis."""
-    if chunk.shape[-1] == 1:
-        return (chunk[..., 0] @ w.T)[..., None]
-    return jnp.swapaxes(jnp.swapaxes(chunk, -1, -2) @ w.T, -1, -2)
-
-
-def block_linear(
-    x: Float[Array, "n dim_in"],
-    weights: Sequence[Float[Array, "_ _"]],
-    blocks: Sequence[LinearBlock],
-) -> Float[Array, "n dim_out"]:
-    """e3j's linear: per block, `y[w] = sum_u W[w, u] x[u] / sqrt(mul_in)`; zeros where the
-    input lacks the block. `weights[k]` is `(mul_out, mul_in)` for `blocks[k]`."""
-    n = x.shape[0]
-    outs = []
-    for block, w in zip(blocks, weights, strict=True):
-        if block.mul_out == 0:
-            continue
-        if block.mul_in == 0:
-            outs.append(jnp.zeros((n, block.mul_out * block.dim), x.dtype))
-            continue
-        scaled = w.astype(x.dtype) * (1.0 / math.sqrt(block.mul_in))
-        chunk = x[:, block.start_in : block.start_in + block.mul_in * block.dim]
-        y = _mix(chunk.reshape(n, block.mul_in, block.dim), scaled)
-        outs.append(y.reshape(n, block.mul_out * block.dim))
-    if not outs:
-        return jnp.zeros((n, 0), x.dtype)
-    return jnp.concatenate(outs, axis=-1)
-
-
-def indexed_block_linear(
-    x: Float[Array, "n dim_in"],
-    index: Int[Array, " n"],
-    weights: Sequence[Float[Array, "num _ _"]],
-    blocks: Sequence[LinearBlock],
-) -> Float[Array, "n dim_out"]:
-    """e3j's `LinearIndexwise`: row `n` uses the weights `W[index[n]]` (`(num, mul_out, mul_in)`
-    per block), scaled by `1/sqrt(mul_in)`.
-
-    Computed as one matmul on the one-hot expansion `onehot(index) (x) x` against the stacked
-    weights `(num * mul_in, mul_out)`, which never materialises a weight matrix per row.
-    """
-    n = x.shape[0]
-    outs = []
-    onehot = None
-    for block, w in zip(blocks, weights, strict=True):
-        if block.mul_out == 0:
-            continue
-        if block.mul_in == 0:
-            outs.append(jnp.zeros((n, block.mul_out * block.dim), x.dtype))
-            continue
-        num = w.shape[0]
-        if onehot is None:
-            onehot = (index[:, None] == jnp.arange(num, dtype=index.dtype)[None, :]).astype(x.dtype)
-        scaled = w.astype(x.dtype) * (1.0 / math.sqrt(block.mul_in))
-        stacked = jnp.swapaxes(scaled, 1, 2).reshape(num * block.mul_in, block.mul_out)
-        chunk = x[:, block.start_in : block.start_in + block.mul_in * block.dim]
-        chunk = chunk.reshape(n, 1, block.mul_in, block.dim) * onehot[:, :, None, None]
-        y = _mix(chunk.reshape(n, num * block.mul_in, block.dim), stacked.T)
-        outs.append(y.reshape(n, block.mul_out * block.dim))
-    if not outs:
-        return jnp.zeros((n, 0), x.dtype)
-    return jnp.concatenate(outs, axis=-1)
-
-
 # --- radial MLP, convolution, aggregation -------------------------------------------------------
 
 
@@ -441,48 +180,6 @@ def radial_mlp(
         if i < last:
             x = act(x)
     return x
-
-
-def segment_sum(
-    data: Float[Array, " items *rest"],
-    segment_ids: Int[Array, " items"],
-    num_segments: int,
-    *,
-    deterministic: bool = False,
-) -> Float[Array, " {num_segments} *rest"]:
-    """`out[s] = sum_{i: ids[i] = s} data[i]`; ids outside `0..num_segments-1` are dropped.
-
-    `deterministic=False` is `jax.ops.segment_sum` (a scatter-add, whose summation order on GPU
-    depends on thread timing). `deterministic=True` sorts the items by segment (stable), takes a
-    segmented inclusive scan (`jax.lax.associative_scan`, a fixed reduction tree) and reads the
-    last item of each segment: bit-for-bit reproducible on every backend, and so is its
-    gradient (a gather and scans; the only scatters write distinct indices).
-    """
-    if not deterministic:
-        return jax.ops.segment_sum(data, segment_ids, num_segments=num_segments)
-    items = data.shape[0]
-    if items == 0:
-        return jnp.zeros((num_segments, *data.shape[1:]), data.dtype)
-    ids = jnp.where(
-        (segment_ids >= 0) & (segment_ids < num_segments), segment_ids, num_segments
-    ).astype(jnp.int32)
-    order = jnp.argsort(ids, stable=True)
-    sorted_ids = ids[order]
-    values = data[order]
-    starts = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
-    flat = values.reshape(items, -1)
-
-    def combine(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
-        va, fa = a
-        vb, fb = b
-        return jnp.where(fb[:, None], vb, va + vb), fa | fb
-
-    scanned, _ = jax.lax.associative_scan(combine, (flat, starts))
-    segments = jnp.arange(num_segments, dtype=jnp.int32)
-    last = jnp.searchsorted(sorted_ids, segments, side="right").astype(jnp.int32) - 1
-    present = (last >= 0) & (sorted_ids[jnp.clip(last, 0, items - 1)] == segments)
-    out = jnp.where(present[:, None], scanned[jnp.clip(last, 0, items - 1)], 0.0)
-    return out.reshape(num_segments, *data.shape[1:])
 
 
 @functools.lru_cache(maxsize=256)
@@ -628,7 +325,7 @@ def interaction(
         members = [p for p in paths if p.block == k and premixes(p, block)]
         if not members:
             continue
-        scale = 1.0 / math.sqrt(block.mul_in)
+        scale = block_scale(block.mul_in)
         mixed = None
         for p in members:
             coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
@@ -665,7 +362,7 @@ def interaction(
             )
             w = linear_out_weights[k].astype(dtype)
             w = w if len(cols) == block.mul_in else w[:, cols]
-            w = w * (1.0 / math.sqrt(block.mul_in))
+            w = w * block_scale(block.mul_in)
             y = _mix(chunk.reshape(nodes, len(cols), block.dim), w)
             y = y.reshape(nodes, block.mul_out * block.dim)
         if k in premixed_slots:
@@ -677,93 +374,3 @@ def interaction(
     if not outs:
         return jnp.zeros((nodes, 0), dtype)
     return jnp.concatenate(outs, axis=-1)
-
-
-# --- gate --------------------------------------------------------------------------------------
-
-
-class GateSpec(NamedTuple):
-    """The static description of NequIP's gate on the regrouped conv output.
-
-    `entries[k] = (start, mul, l, p, role)` locates entry `k` of `scalars + gates + nonscalars`
-    in the regrouped layout; `role` is `"scalar"`, `"gate"` or `"nonscalar"`.
-    """
-
-    entries: tuple[tuple[int, int, int, int, str], ...]
-    even: str
-    odd: str
-    even_scale: float | None
-    odd_scale: float | None
-
-
-def gate_spec(
-    scalars: e3nn.Irreps,
-    gates: e3nn.Irreps,
-    nonscalars: e3nn.Irreps,
-    even: str,
-    odd: str,
-    even_scale: float | None,
-    odd_scale: float | None,
-) -> GateSpec:
-    """Locate the gate's entries in `(scalars + gates + nonscalars).regroup()`."""
-    gate_irreps = scalars + gates + nonscalars
-    roles = ["scalar"] * len(scalars) + ["gate"] * len(gates) + ["nonscalar"] * len(nonscalars)
-    order = sorted(range(len(gate_irreps)), key=lambda i: irreps_entry(gate_irreps, i).ir)
-    starts = {}
-    offset = 0
-    for i in order:
-        starts[i] = offset
-        offset += irreps_entry(gate_irreps, i).dim
-    entries = tuple(
-        (starts[i], mul, ir.l, ir.p, roles[i]) for i, (mul, ir) in enumerate(gate_irreps)
-    )
-    return GateSpec(entries, even, odd, even_scale, odd_scale)
-
-
-def _act(name: str, scale: float | None, x: Array) -> Array:
-    y = activation(name)(x)
-    return y if scale is None else y / scale
-
-
-def gate(x: Float[Array, "nodes dim"], spec: GateSpec) -> Float[Array, "nodes dim_out"]:
-    """NequIP's gate (`e3nn.gate` with normalised activations) on the regrouped layout.
-
-    Scalars are activated by parity (`0e` with `even`, `0o` with `odd`); each nonscalar copy
-    `i` is multiplied by its activated gate `i` (gates in nonscalar order). Output: scalars,
-    then gated nonscalars, in the order of the un-regrouped gate irreps.
-    """
-    n = x.shape[0]
-    gate_values = []
-    for start, mul, _, p, role in spec.entries:
-        if role == "gate":
-            g = x[:, start : start + mul]
-            gate_values.append(
-                _act(spec.even, spec.even_scale, g) if p == 1 else _act(spec.odd, spec.odd_scale, g)
-            )
-    gates = jnp.concatenate(gate_values, axis=-1) if gate_values else None
-    outs = []
-    used = 0
-    for start, mul, degree, p, role in spec.entries:
-        if role == "scalar":
-            s = x[:, start : start + mul]
-            outs.append(
-                _act(spec.even, spec.even_scale, s) if p == 1 else _act(spec.odd, spec.odd_scale, s)
-            )
-        elif role == "nonscalar":
-            assert gates is not None
-            d = 2 * degree + 1
-            v = x[:, start : start + mul * d].reshape(n, mul, d)
-            outs.append((v * gates[:, used : used + mul, None]).reshape(n, mul * d))
-            used += mul
-    if not outs:
-        return jnp.zeros((n, 0), x.dtype)
-    return jnp.concatenate(outs, axis=-1)
-
-
-def mask_rows(
-    x: Float[Array, " rows *rest"], mask: Bool[Array, " rows"] | None
-) -> Float[Array, " rows *rest"]:
-    """`where(mask, x, 0)` along the first axis (no-op without a mask)."""
-    if mask is None:
-        return x
-    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, 0.0)

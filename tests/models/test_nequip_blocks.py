@@ -16,7 +16,7 @@ import pytest
 
 from eqmlip import testing
 from eqmlip.models.nequip import NequipConfig, NequipEmbeddingBlock, NequipLayer
-from eqmlip.ops import nequip as ops
+from eqmlip.ops import linear, nequip as ops
 
 K = jr.PRNGKey
 TARGET = "4x0e+4x0o+2x1o+2x1e+2x2e+2x2o"
@@ -231,12 +231,12 @@ def test_interaction_equals_convolution_then_linear_out():
                 for b in range(len(layer.linear_out_blocks))
             )
             weights = ops.radial_mlp(radial, layer.radial_kernels, jax.nn.swish)
-            h = ops.block_linear(x.array, layer.linear_in_weights, layer.linear_in_blocks)
+            h = linear.block_linear(x.array, layer.linear_in_weights, layer.linear_in_blocks)
             messages = ops.convolution(
                 h, sh, weights, senders, receivers,
                 irreps_in=layer.irreps_in, paths=layer.paths, avg_num_neighbors=3.0,
             )  # fmt: skip
-            plain = ops.block_linear(messages, layer.linear_out_weights, layer.linear_out_blocks)
+            plain = linear.block_linear(messages, layer.linear_out_weights, layer.linear_out_blocks)
             fused = ops.interaction(
                 h, sh, weights, senders, receivers, layer.linear_out_weights,
                 irreps_in=layer.irreps_in, paths=layer.paths,
@@ -255,26 +255,6 @@ def test_interaction_equals_convolution_then_linear_out():
                 irreps_in=layer.irreps_in, paths=layer.paths,
                 linear_out_blocks=layer.linear_out_blocks[:-1], avg_num_neighbors=3.0,
             )  # fmt: skip
-
-
-def test_deterministic_segment_sum():
-    data = jr.normal(K(4), (50, 3, 2))
-    ids = jr.randint(K(5), (50,), -2, 9)  # some out of range, some segments empty
-    expected = jax.jit(lambda d, i: jax.ops.segment_sum(d, i, num_segments=7))(data, ids)
-    actual = jax.jit(lambda d, i: ops.segment_sum(d, i, 7, deterministic=True))(data, ids)
-    assert actual.shape == (7, 3, 2)
-    assert np.allclose(actual, expected, atol=1e-6)
-    again = jax.jit(lambda d, i: ops.segment_sum(d, i, 7, deterministic=True))(data, ids)
-    assert np.array_equal(np.asarray(actual), np.asarray(again))
-    grad = jax.jit(
-        jax.grad(lambda d: jnp.sum(ops.segment_sum(d, ids, 7, deterministic=True) ** 2))
-    )(data)
-    expected_grad = jax.jit(jax.grad(lambda d: jnp.sum(jax.ops.segment_sum(d, ids, 7) ** 2)))(data)
-    assert np.allclose(grad, expected_grad, atol=1e-5)
-    empty = jax.jit(lambda d, i: ops.segment_sum(d, i, 3, deterministic=True))(
-        jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32)
-    )
-    assert empty.shape == (3, 2) and not np.any(np.asarray(empty))
 
 
 def test_vmap_matches_a_loop_and_serialisation_round_trips():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from eqmlip import testing
-from eqmlip.nn import Linear
+from eqmlip.nn import E3jLinear, Linear
 
 from ..helpers import CountingApply
 
@@ -194,3 +194,19 @@ def test_unsorted_input_is_regrouped_like_e3nn():
     regrouped = x.regroup()
     np.testing.assert_array_equal(model(x).array, model(regrouped).array)
     assert not np.array_equal(x.array, regrouped.array)
+
+
+def test_e3j_linear_blocks_and_values():
+    linear = E3jLinear("2x1o+3x0e", "1e+4x0e+2x2e", key=K(0))
+    # e3nn order 0e, 0o, 1o, 1e, 2e: 0e (4, 3); 1o only in the input (0, 2); 1e and 2e only in
+    # the output, fed with zeros.
+    assert [(b.l, b.p, b.mul_in, b.mul_out) for b in linear.blocks] == [
+        (0, 1, 3, 4), (1, -1, 2, 0), (1, 1, 0, 1), (2, 1, 0, 2)
+    ]  # fmt: skip
+    assert linear.irreps_out == e3nn.Irreps("4x0e+1e+2x2e")
+    x = e3nn.IrrepsArray("2x1o+3x0e", jr.normal(K(1), (7, 9), jnp.float32))
+    y = linear(x)
+    scalars = x.array[:, 6:]  # the 3x0e chunk of the unsorted input
+    expected = scalars @ linear.weights[0].T / np.sqrt(3)
+    np.testing.assert_allclose(y.array[:, :4], expected, rtol=1e-6, atol=1e-6)
+    assert np.all(np.asarray(y.array[:, 4:]) == 0)

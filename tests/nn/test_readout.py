@@ -14,7 +14,7 @@ import pytest
 
 from eqmlip import testing
 from eqmlip.interop._flax import flax_slots
-from eqmlip.nn import E3jLinear, MultiHeadReadoutBlock, ReadoutBlock, select_head
+from eqmlip.nn import MultiHeadReadoutBlock, ReadoutBlock, select_head
 
 K = jr.PRNGKey
 
@@ -79,22 +79,6 @@ def test_gate_output_irreps_feed_the_next_layer():
     assert [w.shape for w in second.weights] == [(1, 4), (0, 2)]
     without = ReadoutBlock("8x0e+4x1o", ["6x0e+2x1o", "1x0e"], use_equiv=True, key=K(0))
     assert [w.shape for w in without.layers[1].weights] == [(1, 6), (0, 2)]
-
-
-def test_e3j_linear_blocks_and_values():
-    linear = E3jLinear("2x1o+3x0e", "1e+4x0e+2x2e", key=K(0))
-    # e3nn order 0e, 0o, 1o, 1e, 2e: 0e (4, 3); 1o only in the input (0, 2); 1e and 2e only in
-    # the output, fed with zeros.
-    assert [(b.l, b.p, b.mul_in, b.mul_out) for b in linear.blocks] == [
-        (0, 1, 3, 4), (1, -1, 2, 0), (1, 1, 0, 1), (2, 1, 0, 2)
-    ]  # fmt: skip
-    assert linear.irreps_out == e3nn.Irreps("4x0e+1e+2x2e")
-    x = _normal("2x1o+3x0e", K(1), (7,), jnp.float32)
-    y = linear(x)
-    scalars = x.array[:, 6:]  # the 3x0e chunk of the unsorted input
-    expected = scalars @ linear.weights[0].T / np.sqrt(3)
-    np.testing.assert_allclose(y.array[:, :4], expected, rtol=1e-6, atol=1e-6)
-    assert np.all(np.asarray(y.array[:, 4:]) == 0)
 
 
 def test_init_statistics():

@@ -1,4 +1,4 @@
-"""eqmlip.nn.Dense, Tensor, FusedTensor and eqmlip.ops.e3x side by side with e3x 1.0.2."""
+"""eqmlip.nn.Dense, Tensor, FusedTensor and the e3x-layout ops side by side with e3x 1.0.2."""
 
 import functools
 from typing import Any

@@ -14,30 +14,22 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ..._misc import default_floating_dtype, resolve_dtype
-from ...ops.activation import activation_scale
+from ...ops.activation import activation, activation_parity, activation_scale
+from ...ops.cutoffs import ENVELOPES
+from ...ops.gate import GateSpec, ScaledActivation, gate, gate_spec
+from ...ops.linear import LinearBlock, block_linear, e3j_blocks, indexed_block_linear
 from ...ops.nequip import (
-    ENVELOPES,
     ODD_SCALAR,
     SCALAR,
     ConvPath,
-    GateSpec,
-    LinearBlock,
-    activation,
-    activation_parity,
-    block_linear,
     convolution_paths,
-    e3j_blocks,
-    gate,
-    gate_spec,
-    indexed_block_linear,
     interaction,
-    mask_rows,
-    radial_embedding,
     radial_mlp,
-    safe_norm,
-    spherical_harmonics,
     split_target_irreps,
 )
+from ...ops.radial import radial_embedding
+from ...ops.segment import mask_rows, safe_norm
+from ...ops.so3 import e3nn_spherical_harmonics
 
 
 def _check_activation(cls: str, what: str, name: str) -> str:
@@ -231,7 +223,7 @@ class NequipEmbeddingBlock(eqx.Module):
         radial embedding."""
         r = safe_norm(edge_vectors)
         radial = radial_embedding(r, self.num_rbf, self.cutoff, self.radial_envelope)
-        return mask_rows(radial, edge_mask), spherical_harmonics(edge_vectors, self.l_max)
+        return mask_rows(radial, edge_mask), e3nn_spherical_harmonics(edge_vectors, self.l_max)
 
     def __call__(
         self,
@@ -302,7 +294,7 @@ class NequipLayer(eqx.Module):
     - `gate_even`, `gate_odd`: activations of even and odd scalars and gates (mlip:
         `nonlinearities["e"]`, `["o"]`), normalised to unit second moment.
     - `deterministic_scatter_ops`: sum messages with the reproducible segment sum of
-        [`eqmlip.ops.nequip.segment_sum`][] (mlip 0.2.5 ignores this flag in the layer).
+        [`eqmlip.ops.segment.segment_sum`][] (mlip 0.2.5 ignores this flag in the layer).
     - `scalars_only`: see above.
     - `dtype`, `key`: parameter dtype (`None`: default) and `jax.random.PRNGKey`.
     """
@@ -402,18 +394,23 @@ class NequipLayer(eqx.Module):
         gate_irreps = scalars + gates + nonscalars
         conv_irreps = gate_irreps.regroup()
         scale_dtype = default_floating_dtype()
-        even_scale = activation_scale(activation(gate_even), scale_dtype)
-        odd_scale = activation_scale(activation(gate_odd), scale_dtype)
+        # NequIP activates scalars and gates alike, by parity, with normalised activations.
+        even = ScaledActivation(
+            activation(gate_even), activation_scale(activation(gate_even), scale_dtype)
+        )
+        odd = ScaledActivation(
+            activation(gate_odd), activation_scale(activation(gate_odd), scale_dtype)
+        )
+        acts = dict(even=even, odd=odd, even_gate=even, odd_gate=odd)
         n_scalars = scalars.count(SCALAR)
         if scalars_only:
             # Only the even scalars, which come first in the regrouped 0e block.
             built = e3nn.Irreps(f"{n_scalars}x0e")
-            spec = gate_spec(built, e3nn.Irreps(""), e3nn.Irreps(""), gate_even, gate_odd,
-                             even_scale, odd_scale)  # fmt: skip
+            spec = gate_spec(built, e3nn.Irreps(""), e3nn.Irreps(""), **acts)
             irreps_out = built
         else:
             built = conv_irreps
-            spec = gate_spec(scalars, gates, nonscalars, gate_even, gate_odd, even_scale, odd_scale)
+            spec = gate_spec(scalars, gates, nonscalars, **acts)
             irreps_out = scalars + nonscalars
         paths, message_irreps = convolution_paths(irreps_in, l_max, built)
         if message_irreps.regroup() != message_irreps or [ir for _, ir in message_irreps] != [

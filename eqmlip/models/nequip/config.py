@@ -9,7 +9,9 @@ from typing import Any
 
 import e3nn_jax as e3nn
 
-from ...ops.nequip import ACTIVATIONS, ENVELOPES, SCALAR
+from ...ops.activation import ACTIVATIONS
+from ...ops.cutoffs import ENVELOPES
+from ...ops.nequip import SCALAR
 
 DEFAULT_TARGET_IRREPS = "128x0e + 128x0o + 64x1o + 64x1e + 4x2e + 4x2o"
 
@@ -98,7 +100,7 @@ class NequipConfig:
         message aggregation at the receivers of every layer, the Coulomb pair energies per
         atom, and the per-structure sums (energies, charges, dipoles in
         [`eqmlip.potential.predict`][]) use the sorted segmented scan of
-        [`eqmlip.ops.nequip.segment_sum`][] instead of a scatter-add. (mlip 0.2.5 honours the
+        [`eqmlip.ops.segment.segment_sum`][] instead of a scatter-add. (mlip 0.2.5 honours the
         flag only in its energy sum.) The backward pass's own scatter-adds (the transposes of
         the gathers `x[senders]`) are XLA's; on GPU set
         `XLA_FLAGS=--xla_gpu_deterministic_ops=true` for bitwise-reproducible forces too.

@@ -16,7 +16,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ..._misc import resolve_dtype
 from ...graph import Graph, check_species, species_index
 from ...nn import MultiHeadReadoutBlock, select_head
-from ...ops.nequip import SCALAR, mask_rows, safe_norm, segment_sum
+from ...ops.nequip import SCALAR
+from ...ops.segment import mask_rows, safe_norm, segment_sum
 from .._potential import AbstractPotential, PotentialOutputs, register_potential
 from .blocks import NequipEmbeddingBlock, NequipLayer
 from .config import NequipConfig

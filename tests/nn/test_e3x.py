@@ -1,10 +1,9 @@
-"""eqmlip.nn.Dense, Tensor, FusedTensor and the e3x-layout functions of eqmlip.ops.e3x."""
+"""eqmlip.nn.Dense, Tensor and FusedTensor."""
 
 import functools
 import io
 import math
 
-import e3nn_jax as e3nn
 import equinox as eqx
 import hypothesis
 import hypothesis.extra.numpy as hnp
@@ -17,7 +16,6 @@ import pytest
 
 from eqmlip import ops, testing
 from eqmlip.nn import Dense, FusedTensor, Tensor
-from eqmlip.testing._equivariance import _act
 
 K = jr.PRNGKey
 
@@ -232,7 +230,7 @@ def test_tensor_jit_vmap_grad():
         return jnp.sum(jnp.sin(_apply(m, x1, x2)))
 
     grad = eqx.filter_grad(loss)(model).kernel
-    mask = ops.e3x.tensor_kernel_mask(2, 1, 1, 2, 2, 2)
+    mask = ops.tensor_product.tensor_kernel_mask(2, 1, 1, 2, 2, 2)
     assert np.all(np.isfinite(grad))
     # Forbidden paths get exactly zero gradient; allowed ones do not.
     assert not np.any(np.asarray(grad)[~mask])
@@ -355,130 +353,3 @@ def test_output_shape_rules():
     assert tensor(
         num_parity1=1, max_degree1=1, num_parity2=1, max_degree2=2, max_degree=3
     ).kernel.shape == (1, 2, 1, 3, 2, 4, 2)
-
-
-# ------------------------------------------------------------------------------------------
-# eqmlip.ops.e3x
-# ------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _conversion_inputs(num_parity: int, dtype):
-    return jr.normal(K(num_parity), (3, num_parity, 9, 2), dtype)
-
-
-@pytest.mark.parametrize("cartesian", [True, False], ids=["cartesian", "standard"])
-@pytest.mark.parametrize("num_parity", [1, 2], ids=["P1", "P2"])
-@pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
-@hypothesis.given(rotation=testing.o3_matrices())
-def test_irreps_array_conversion_commutes_with_the_group(x64, num_parity, cartesian, rotation):
-    """rotate(x, D(R)) is transform_by_matrix(R.T); reflect is transform_by_matrix(-I)."""
-    with jax.enable_x64(x64):
-        dtype = jnp.result_type(float)
-        x = _conversion_inputs(num_parity, dtype)
-        converted = ops.to_irreps_array(x, cartesian_order=cartesian)
-        expected_irreps = "2x0e+2x1o+2x2e" if num_parity == 1 else "2x0e+2x0o+2x1o+2x1e+2x2e+2x2o"
-        assert converted.irreps == e3nn.Irreps(expected_irreps)
-        assert converted.dtype == dtype
-        proper = bool(np.linalg.det(rotation) > 0)
-        actual = _converted_transform(
-            x, jnp.asarray(rotation, dtype), proper=proper, cartesian=cartesian
-        )
-        # e3nn's action in float64 on the host (transform_by_matrix goes through Euler angles,
-        # which loses half the digits near the identity).
-        expected = _act(converted.irreps, np.asarray(converted.array, np.float64), rotation.T)
-        _assert_close(actual, expected, dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("proper", "cartesian"))
-def _converted_transform(x, matrix, *, proper, cartesian):
-    """`to_e3nn(g.x)` for `g = matrix`: `x @ D(R)` for a rotation, reflected for `-R`."""
-    rotation = matrix if proper else -matrix
-    moved = ops.rotate(x, ops.wigner_d(rotation, 2, cartesian_order=cartesian))
-    if not proper:
-        moved = ops.reflect(moved)
-    return ops.to_irreps_array(moved, cartesian_order=cartesian).array
-
-
-@pytest.mark.parametrize("cartesian", [True, False], ids=["cartesian", "standard"])
-def test_irreps_array_round_trip(x64, cartesian):
-    dtype = jnp.result_type(float)
-    for num_parity in (1, 2):
-        x = _conversion_inputs(num_parity, dtype)
-        back = ops.from_irreps_array(
-            ops.to_irreps_array(x, cartesian_order=cartesian), cartesian_order=cartesian
-        )
-        assert back.shape == x.shape and back.dtype == dtype
-        # Orthogonal basis changes for l >= 2: equal up to a few units in the last place.
-        atol = 4 * float(jnp.finfo(dtype).eps) * float(jnp.max(jnp.abs(x)))
-        np.testing.assert_allclose(back, x, rtol=0, atol=atol)
-        if cartesian:  # l <= 1 needs no basis change: bit for bit
-            np.testing.assert_array_equal(back[..., :4, :], x[..., :4, :])
-
-
-def test_from_irreps_array_fills_absent_irreps_and_checks():
-    x = e3nn.normal("3x1e + 3x0e", K(0), (2,))
-    features = ops.from_irreps_array(x, max_degree=2)
-    assert features.shape == (2, 2, 9, 3)  # 1e is improper, so P=2
-    assert not np.any(features[:, 1]) and not np.any(features[:, 0, 4:])
-    assert ops.to_irreps_array(features).filter(
-        keep=e3nn.Irreps("0e+1e")
-    ).irreps.simplify() == e3nn.Irreps("3x0e+3x1e")
-    proper = ops.from_irreps_array(e3nn.normal("2x1o", K(1), (4,)))
-    assert proper.shape == (4, 1, 4, 2) and not np.any(proper[:, :, 0])
-    with pytest.raises(ValueError, match="same multiplicity"):
-        ops.from_irreps_array(e3nn.normal("2x0e + 3x1o", K(0), (2,)))
-    with pytest.raises(ValueError, match="max_degree=0 is smaller"):
-        ops.from_irreps_array(e3nn.normal("2x1o", K(0), (2,)), max_degree=0)
-    with pytest.raises(ValueError, match="include_pseudotensors=False"):
-        ops.from_irreps_array(e3nn.normal("2x1e", K(0), (2,)), include_pseudotensors=False)
-
-
-def test_spherical_harmonics_are_e3nns_in_another_basis(x64):
-    """Converted to e3nn's layout, e3x's harmonics are e3nn's (normalize=True, "norm")."""
-    dtype = jnp.result_type(float)
-    r = jr.normal(K(0), (7, 3), dtype)
-    for cartesian in (True, False):
-        y = ops.spherical_harmonics(r, 3, cartesian_order=cartesian)
-        converted = ops.to_irreps_array(y[:, None, :, None], cartesian_order=cartesian)
-        expected = e3nn.spherical_harmonics(
-            e3nn.Irreps("0e+1o+2e+3o"), r, normalize=True, normalization="norm"
-        )
-        _assert_close(converted.array, expected.array, dtype)
-    # Degree 1 in Cartesian order is the unit vector itself.
-    y = ops.spherical_harmonics(r, 1)
-    _assert_close(y[:, 1:], r / jnp.linalg.norm(r, axis=-1, keepdims=True), dtype)
-
-
-@hypothesis.given(first=testing.o3_matrices(), second=testing.o3_matrices())
-def test_wigner_d_is_an_orthogonal_representation(first, second):
-    with jax.enable_x64(True):
-        a, b = jnp.asarray(first), jnp.asarray(second)
-        da, db, dab = ops.wigner_d(a, 3), ops.wigner_d(b, 3), ops.wigner_d(a @ b, 3)
-        _assert_close(dab, da @ db, jnp.float64)
-        _assert_close(da @ da.T, jnp.eye(16), jnp.float64)
-        r = jr.normal(K(0), (4, 3), jnp.float64)
-        _assert_close(
-            ops.spherical_harmonics(r @ a, 3), ops.spherical_harmonics(r, 3) @ da, jnp.float64
-        )
-
-
-def test_spherical_harmonics_and_basis_are_finite_at_zero():
-    r = jnp.zeros((2, 3))
-    y, grad = jax.jit(jax.value_and_grad(lambda r: jnp.sum(ops.spherical_harmonics(r, 2) ** 2)))(r)
-    assert np.isfinite(y) and np.all(np.isfinite(grad))
-    np.testing.assert_array_equal(ops.spherical_harmonics(r, 2)[0], np.eye(9)[0])
-
-    def basis_sum(r):
-        b = ops.basis(
-            r,
-            max_degree=2,
-            num=4,
-            radial_fn=ops.reciprocal_bernstein,
-            cutoff_fn=functools.partial(ops.smooth_cutoff, cutoff=3.0),
-            damping_fn=ops.smooth_damping,
-        )
-        return jnp.sum(b**2)
-
-    value, grad = jax.jit(jax.value_and_grad(basis_sum))(r)
-    assert np.isfinite(value) and np.all(np.isfinite(grad))

@@ -1,0 +1,329 @@
+"""Sums, gathers and softmaxes over index lists, row masks, and norms that are safe at zero.
+
+The indexed operations of e3x's message passing and attention accept two index forms, as
+`e3x.ops` does:
+
+- **sparse**: `dst_idx` and `src_idx` of shape `(..., E)`. Edge `e` carries a message from
+    node `src_idx[e]` to node `dst_idx[e]`. Padding edges use a destination outside
+    `[0, num_segments)`: they are dropped from every sum (as by `jax.ops.segment_sum`).
+- **dense**: `adj_idx` of shape `(..., N, M)`: row `i` lists the `M` neighbours of node `i`,
+    padded with an index `>= N`. `where` (default `adj_idx < N`) says which entries count.
+
+Gathers use NumPy indexing, so out-of-range padding indices are clamped: the padded entries
+are computed from real data and then excluded, never read as garbage. Leading batch axes
+`...` are shared by the features and the indices.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, Integer, Shaped
+
+
+def safe_norm(vectors: Float[Array, "*batch 3"]) -> Float[Array, " *batch"]:
+    """`|v|` over the last axis, with value and gradient 0 at `v = 0` (mlip's `safe_norm`,
+    e3x's `ops.norm`), so that zero-length padding edges stay finite."""
+    squared = jnp.sum(vectors * vectors, axis=-1)
+    zero = squared == 0.0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, squared)))
+
+
+def mask_rows(
+    x: Float[Array, " rows *rest"], mask: Bool[Array, " rows"] | None
+) -> Float[Array, " rows *rest"]:
+    """`where(mask, x, 0)` along the first axis (no-op without a mask)."""
+    if mask is None:
+        return x
+    return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, 0.0)
+
+
+def segment_sum(
+    data: Float[Array, " items *rest"],
+    segment_ids: Int[Array, " items"],
+    num_segments: int,
+    *,
+    deterministic: bool = False,
+) -> Float[Array, " {num_segments} *rest"]:
+    """`out[s] = sum_{i: ids[i] = s} data[i]`; ids outside `0..num_segments-1` are dropped.
+
+    `deterministic=False` is `jax.ops.segment_sum` (a scatter-add, whose summation order on GPU
+    depends on thread timing). `deterministic=True` sorts the items by segment (stable), takes a
+    segmented inclusive scan (`jax.lax.associative_scan`, a fixed reduction tree) and reads the
+    last item of each segment: bit-for-bit reproducible on every backend, and so is its
+    gradient (a gather and scans; the only scatters write distinct indices).
+    """
+    if not deterministic:
+        return jax.ops.segment_sum(data, segment_ids, num_segments=num_segments)
+    items = data.shape[0]
+    if items == 0:
+        return jnp.zeros((num_segments, *data.shape[1:]), data.dtype)
+    ids = jnp.where(
+        (segment_ids >= 0) & (segment_ids < num_segments), segment_ids, num_segments
+    ).astype(jnp.int32)
+    order = jnp.argsort(ids, stable=True)
+    sorted_ids = ids[order]
+    values = data[order]
+    starts = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
+    flat = values.reshape(items, -1)
+
+    def combine(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
+        va, fa = a
+        vb, fb = b
+        return jnp.where(fb[:, None], vb, va + vb), fa | fb
+
+    scanned, _ = jax.lax.associative_scan(combine, (flat, starts))
+    segments = jnp.arange(num_segments, dtype=jnp.int32)
+    last = jnp.searchsorted(sorted_ids, segments, side="right").astype(jnp.int32) - 1
+    present = (last >= 0) & (sorted_ids[jnp.clip(last, 0, items - 1)] == segments)
+    out = jnp.where(present[:, None], scanned[jnp.clip(last, 0, items - 1)], 0.0)
+    return out.reshape(num_segments, *data.shape[1:])
+
+
+def check_indices(
+    caller: str,
+    *,
+    adj_idx: Array | None,
+    dst_idx: Array | None,
+    src_idx: Array | None,
+    where: Array | None = None,
+) -> str:
+    """Which index form is given: `"dense"` or `"sparse"`.
+
+    Raises `ValueError` naming `caller` unless exactly one form is complete (`adj_idx`, or
+    both `dst_idx` and `src_idx`), and `TypeError` for non-integer indices.
+    """
+    sparse = dst_idx is not None or src_idx is not None
+    if adj_idx is not None and sparse:
+        raise ValueError(
+            f"{caller}: got both adj_idx (dense) and dst_idx/src_idx (sparse); pass one index "
+            "form only."
+        )
+    if adj_idx is None and not sparse:
+        raise ValueError(
+            f"{caller}: no indices given; pass adj_idx=(..., N, M) (dense) or "
+            "dst_idx=(..., E) and src_idx=(..., E) (sparse)."
+        )
+    for name, idx in (("adj_idx", adj_idx), ("dst_idx", dst_idx), ("src_idx", src_idx)):
+        if idx is not None and not jnp.issubdtype(idx.dtype, jnp.integer):
+            raise TypeError(f"{caller}: {name} must have an integer dtype, got {idx.dtype}.")
+    if adj_idx is not None:
+        if adj_idx.ndim < 2:
+            raise ValueError(
+                f"{caller}: adj_idx must have shape (..., N, M), got shape {adj_idx.shape}."
+            )
+        if where is not None and where.shape != adj_idx.shape:
+            raise ValueError(
+                f"{caller}: where must have the shape of adj_idx {adj_idx.shape}, got "
+                f"{where.shape}."
+            )
+        return "dense"
+    if dst_idx is None or src_idx is None:
+        missing = "dst_idx" if dst_idx is None else "src_idx"
+        raise ValueError(
+            f"{caller}: sparse indices need both dst_idx and src_idx; {missing} is None."
+        )
+    if where is not None:
+        raise ValueError(f"{caller}: where is only used with dense indices (adj_idx).")
+    if dst_idx.shape != src_idx.shape or dst_idx.ndim < 1:
+        raise ValueError(
+            f"{caller}: dst_idx and src_idx must have the same shape (..., E), got "
+            f"{dst_idx.shape} and {src_idx.shape}."
+        )
+    return "sparse"
+
+
+def _batched(fn: Any, num_batch: int) -> Any:
+    """`fn` mapped over `num_batch` leading axes of every argument."""
+    for _ in range(num_batch):
+        fn = jax.vmap(fn)
+    return fn
+
+
+def gather_src(
+    x: Shaped[Array, "..."],
+    *,
+    adj_idx: Integer[Array, "*batch n m"] | None = None,
+    src_idx: Integer[Array, "*batch edges"] | None = None,
+) -> Shaped[Array, "..."]:
+    """Values of the source of each edge (e3x's `ops.gather_src`).
+
+    **Arguments:**
+
+    - `x`: per-node values `(..., N_src, *rest)`.
+    - `adj_idx`: dense indices `(..., N, M)`, or
+    - `src_idx`: sparse source indices `(..., E)`.
+
+    **Returns:** `(..., N, M, *rest)` (dense) or `(..., E, *rest)` (sparse).
+    """
+    idx = adj_idx if adj_idx is not None else src_idx
+    if idx is None or (adj_idx is not None and src_idx is not None):
+        raise ValueError("gather_src: pass exactly one of adj_idx and src_idx.")
+    num_batch = idx.ndim - (2 if adj_idx is not None else 1)
+    if tuple(x.shape[:num_batch]) != tuple(idx.shape[:num_batch]):
+        raise ValueError(
+            f"gather_src: indices of shape {idx.shape} do not share the batch axes of values "
+            f"of shape {x.shape}."
+        )
+    return _batched(lambda v, i: v[i], num_batch)(x, idx)
+
+
+def gather_dst(
+    x: Shaped[Array, "..."],
+    *,
+    adj_idx: Integer[Array, "*batch n m"] | None = None,
+    dst_idx: Integer[Array, "*batch edges"] | None = None,
+) -> Shaped[Array, "..."]:
+    """Values of the destination of each edge (e3x's `ops.gather_dst`).
+
+    Dense indices give `x` with a neighbour axis of size 1 (it broadcasts against
+    `gather_src`); sparse ones give `x[..., dst_idx, ...]`.
+
+    **Returns:** `(..., N, 1, *rest)` (dense) or `(..., E, *rest)` (sparse).
+    """
+    if adj_idx is not None and dst_idx is None:
+        return jnp.expand_dims(x, adj_idx.ndim - 1)
+    if dst_idx is None or adj_idx is not None:
+        raise ValueError("gather_dst: pass exactly one of adj_idx and dst_idx.")
+    num_batch = dst_idx.ndim - 1
+    return _batched(lambda v, i: v[i], num_batch)(x, dst_idx)
+
+
+def _valid_edges(
+    *,
+    adj_idx: Array | None,
+    where: Array | None,
+    dst_idx: Array | None,
+    num_segments: int | None,
+    num_nodes: int,
+) -> Bool[Array, "..."]:
+    """Which entries of the index list take part in the sums."""
+    if adj_idx is not None:
+        return adj_idx < num_nodes if where is None else where
+    assert dst_idx is not None and num_segments is not None
+    return (dst_idx >= 0) & (dst_idx < num_segments)
+
+
+def indexed_sum(
+    x: Shaped[Array, "..."],
+    *,
+    adj_idx: Integer[Array, "*batch n m"] | None = None,
+    where: Bool[Array, "*batch n m"] | None = None,
+    dst_idx: Integer[Array, "*batch edges"] | None = None,
+    num_segments: int | None = None,
+    indices_are_sorted: bool = False,
+) -> Shaped[Array, "..."]:
+    """Sum edge values into their destinations (e3x's `ops.indexed_sum`).
+
+    Dense: `sum_m x[..., n, m, ...]` over the entries where `where` holds (default: all).
+    Sparse: `jax.ops.segment_sum` by `dst_idx` into `num_segments` rows; destinations outside
+    `[0, num_segments)` are dropped.
+
+    **Returns:** `(..., N, *rest)` (dense) or `(..., num_segments, *rest)` (sparse).
+    """
+    if adj_idx is not None:
+        if dst_idx is not None:
+            raise ValueError("indexed_sum: pass exactly one of adj_idx and dst_idx.")
+        axis = adj_idx.ndim - 1
+        if where is None:
+            return jnp.sum(x, axis=axis)
+        mask = jnp.reshape(where, (*where.shape, *(1,) * (x.ndim - where.ndim)))
+        return jnp.sum(jnp.where(mask, x, jnp.zeros((), x.dtype)), axis=axis)
+    if dst_idx is None or num_segments is None:
+        raise ValueError("indexed_sum: sparse sums need dst_idx and num_segments.")
+
+    def segment_sum(values: Array, idx: Array) -> Array:
+        return jax.ops.segment_sum(
+            values, idx, num_segments=num_segments, indices_are_sorted=indices_are_sorted
+        )
+
+    return _batched(segment_sum, dst_idx.ndim - 1)(x, dst_idx)
+
+
+def indexed_softmax(
+    logits: Float[Array, "..."],
+    multiplicative_mask: Float[Array, "..."] | None = None,
+    *,
+    adj_idx: Integer[Array, "*batch n m"] | None = None,
+    where: Bool[Array, "*batch n m"] | None = None,
+    dst_idx: Integer[Array, "*batch edges"] | None = None,
+    num_segments: int | None = None,
+    num_nodes: int | None = None,
+    indices_are_sorted: bool = False,
+) -> Float[Array, "..."]:
+    """Softmax over the edges into each destination (e3x's `ops.indexed_softmax`), with the
+    trailing axes of `logits` (e.g. heads) handled independently.
+
+    $$w_e = \\frac{c_e \\exp(s_e - \\max_{e' \\to i} s_{e'})}
+                  {\\sum_{e' \\to i} c_{e'} \\exp(s_{e'} - \\max_{e' \\to i} s_{e'})}$$
+
+    with `c` the optional `multiplicative_mask` (e.g. a smooth cutoff; the maximum is taken
+    before it is applied and is not differentiated, as in e3x).
+
+    Difference from e3x: when the denominator is 0 (every edge into a node has `c = 0`),
+    the weights are 0 instead of NaN; padding entries get weight 0 and never produce
+    infinities or NaN, in values or gradients.
+
+    **Arguments:**
+
+    - `logits`: `(..., E, *heads)` (sparse) or `(..., N, M, *heads)` (dense).
+    - `multiplicative_mask`: `(..., E)` or `(..., N, M)`, or `None`.
+    - `adj_idx`, `where`, `dst_idx`, `num_segments`, `indices_are_sorted`: the indices
+        (see the module docstring).
+    - `num_nodes`: dense only, the number of nodes gathered from (for the default `where`).
+
+    **Returns:** weights of the shape of `logits`.
+    """
+    if adj_idx is not None:
+        idx = adj_idx
+        valid = _valid_edges(
+            adj_idx=adj_idx,
+            where=where,
+            dst_idx=None,
+            num_segments=None,
+            num_nodes=adj_idx.shape[-2] if num_nodes is None else num_nodes,
+        )
+    elif dst_idx is not None and num_segments is not None:
+        idx = dst_idx
+        valid = _valid_edges(
+            adj_idx=None, where=None, dst_idx=dst_idx, num_segments=num_segments, num_nodes=0
+        )
+    else:
+        raise ValueError("indexed_softmax: pass adj_idx, or dst_idx and num_segments.")
+    if tuple(logits.shape[: idx.ndim]) != tuple(idx.shape):
+        raise ValueError(
+            f"indexed_softmax: logits of shape {logits.shape} do not start with the index "
+            f"shape {idx.shape}."
+        )
+    extra = (1,) * (logits.ndim - idx.ndim)
+    valid = jnp.reshape(valid, (*valid.shape, *extra))
+    lowest = jnp.asarray(jnp.finfo(logits.dtype).min, logits.dtype)
+    masked = jnp.where(valid, logits, lowest)
+
+    def per_destination(reduce: Any, segment_reduce: Any, values: Array) -> Array:
+        """The reduction over the edges into each destination, back on every edge."""
+        if adj_idx is not None:
+            return reduce(values, axis=adj_idx.ndim - 1, keepdims=True)
+        assert dst_idx is not None and num_segments is not None
+
+        def one(v: Array, i: Array) -> Array:
+            total = segment_reduce(
+                v, i, num_segments=num_segments, indices_are_sorted=indices_are_sorted
+            )
+            return total[i]
+
+        return _batched(one, dst_idx.ndim - 1)(values, dst_idx)
+
+    maximum = per_destination(jnp.max, jax.ops.segment_max, masked)
+    # Padding entries are excluded before `exp`, so nothing overflows and no NaN gradient
+    # comes back through them.
+    shifted = jnp.where(valid, logits - jax.lax.stop_gradient(maximum), 0.0)
+    numerator = jnp.where(valid, jnp.exp(shifted), 0.0)
+    if multiplicative_mask is not None:
+        numerator = numerator * jnp.reshape(
+            multiplicative_mask, (*multiplicative_mask.shape, *extra)
+        )
+    denominator = per_destination(jnp.sum, jax.ops.segment_sum, numerator)
+    # A node whose every edge has mask 0 gets weights 0 (e3x: 0/0 = NaN).
+    safe = jnp.where(denominator > 0, denominator, jnp.ones((), denominator.dtype))
+    return numerator / safe

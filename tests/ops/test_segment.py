@@ -1,0 +1,58 @@
+"""eqmlip.ops.segment: segment sums and indexed softmax."""
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from eqmlip import ops
+
+K = jr.PRNGKey
+N = 4
+DST = np.array([0, 0, 1, 1, 1, 2, 3, 3])
+
+
+@hypothesis.given(
+    logits=hnp.arrays(np.float64, (DST.size, 2), elements=st.floats(-30.0, 30.0)),
+    mask=hnp.arrays(np.float64, (DST.size,), elements=st.sampled_from([0.0, 0.25, 1.0])),
+)
+def test_indexed_softmax_sums_to_one_or_zero(logits, mask):
+    """Per destination and head, the weights sum to 1, or are all 0 when every mask is 0."""
+    with jax.enable_x64(True):
+        weights = np.asarray(
+            ops.segment.indexed_softmax(
+                jnp.asarray(logits),
+                jnp.asarray(mask),
+                dst_idx=jnp.asarray(DST),
+                num_segments=N,
+            )
+        )
+    for node in range(N):
+        rows = DST == node
+        total = weights[rows].sum(axis=0)
+        expected = 1.0 if np.any(mask[rows] > 0) else 0.0
+        np.testing.assert_allclose(total, expected, rtol=0, atol=1e-12)
+    assert np.all(weights >= 0) and not np.any(weights[mask == 0])
+
+
+def test_deterministic_segment_sum():
+    data = jr.normal(K(4), (50, 3, 2))
+    ids = jr.randint(K(5), (50,), -2, 9)  # some out of range, some segments empty
+    expected = jax.jit(lambda d, i: jax.ops.segment_sum(d, i, num_segments=7))(data, ids)
+    actual = jax.jit(lambda d, i: ops.segment.segment_sum(d, i, 7, deterministic=True))(data, ids)
+    assert actual.shape == (7, 3, 2)
+    assert np.allclose(actual, expected, atol=1e-6)
+    again = jax.jit(lambda d, i: ops.segment.segment_sum(d, i, 7, deterministic=True))(data, ids)
+    assert np.array_equal(np.asarray(actual), np.asarray(again))
+    grad = jax.jit(
+        jax.grad(lambda d: jnp.sum(ops.segment.segment_sum(d, ids, 7, deterministic=True) ** 2))
+    )(data)
+    expected_grad = jax.jit(jax.grad(lambda d: jnp.sum(jax.ops.segment_sum(d, ids, 7) ** 2)))(data)
+    assert np.allclose(grad, expected_grad, atol=1e-5)
+    empty = jax.jit(lambda d, i: ops.segment.segment_sum(d, i, 3, deterministic=True))(
+        jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32)
+    )
+    assert empty.shape == (3, 2) and not np.any(np.asarray(empty))
