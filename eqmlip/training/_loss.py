@@ -84,9 +84,9 @@ class Loss:
         )
         return weight * jnp.asarray(self.head_weights, dtype)[jnp.clip(idx, 0, n - 1)]
 
-    def terms(self, prediction: Prediction, batch: Batch) -> dict[str, Float[Array, ""]]:
-        """The three unweighted (by lambda) mean squared errors `{"energy", "forces",
-        "stress"}` of a prediction against the batch's targets."""
+    def error_sums(self, prediction: Prediction, batch: Batch) -> dict[str, Float[Array, ""]]:
+        """Numerators and denominators (`"energy_num"`, `"energy_den"`, ...) of the three
+        mean squared errors of a prediction against the batch's targets."""
         dtype = prediction.energy.dtype
         energy, forces, stress, _ = _cast_targets(batch, dtype)
         has_e, has_f, has_s, atoms = _masks(batch)
@@ -95,18 +95,37 @@ class Loss:
         if self.per_atom_energy:
             de = de / atoms.astype(dtype)
         we = jnp.where(has_e, w, 0.0)
-        out = {"energy": _safe_ratio(jnp.sum(we * de**2), jnp.sum(we))}
         assert prediction.forces is not None
         w_node = jnp.where(has_f, w[batch.graph.node_graph_index()], 0.0)
         df2 = jnp.sum((prediction.forces - forces) ** 2, axis=-1)
-        out["forces"] = _safe_ratio(jnp.sum(w_node * df2), 3.0 * jnp.sum(w_node))
+        out = {
+            "energy_num": jnp.sum(we * de**2),
+            "energy_den": jnp.sum(we),
+            "forces_num": jnp.sum(w_node * df2),
+            "forces_den": 3.0 * jnp.sum(w_node),
+        }
         if prediction.stress is not None:
             ws = jnp.where(has_s, w, 0.0)
             ds2 = jnp.sum((prediction.stress - stress) ** 2, axis=(-1, -2))
-            out["stress"] = _safe_ratio(jnp.sum(ws * ds2), 9.0 * jnp.sum(ws))
+            out["stress_num"] = jnp.sum(ws * ds2)
+            out["stress_den"] = 9.0 * jnp.sum(ws)
         else:
-            out["stress"] = jnp.zeros((), dtype)
+            out["stress_num"] = out["stress_den"] = jnp.zeros((), dtype)
         return out
+
+    @staticmethod
+    def terms_of_sums(sums: dict[str, Array]) -> dict[str, Float[Array, ""]]:
+        """The mean squared errors `{"energy", "forces", "stress"}` of error sums (0 where no
+        structure has the target)."""
+        return {
+            kind: _safe_ratio(sums[f"{kind}_num"], sums[f"{kind}_den"])
+            for kind in ("energy", "forces", "stress")
+        }
+
+    def terms(self, prediction: Prediction, batch: Batch) -> dict[str, Float[Array, ""]]:
+        """The three unweighted (by lambda) mean squared errors `{"energy", "forces",
+        "stress"}` of a prediction against the batch's targets."""
+        return self.terms_of_sums(self.error_sums(prediction, batch))
 
     def total(self, terms: dict[str, Array]) -> Float[Array, ""]:
         """`lambda_E L_E + lambda_F L_F + lambda_S L_S`."""

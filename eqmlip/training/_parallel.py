@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, PyTree
 from ..data import Batch, Budget, GraphLoader
 from ..graph import Graph, pad_graph
 from ..potential import predict
-from ._loss import Loss, _cast_targets, _masks, _safe_ratio
+from ._loss import Loss
 from ._step import TrainState, train_step
 
 DATA_AXIS = "data"
@@ -283,40 +283,12 @@ class StackedLoss(Loss):
         """Numerators and denominators (`"energy_num"`, `"energy_den"`, ...) of the three
         terms on one (unstacked) batch."""
         prediction = predict(model, batch.graph, forces=True, stress=self.needs_stress)
-        dtype = prediction.energy.dtype
-        energy, forces, stress, _ = _cast_targets(batch, dtype)
-        has_e, has_f, has_s, atoms = _masks(batch)
-        w = self.structure_weights(batch, dtype)
-        de = prediction.energy - energy
-        if self.per_atom_energy:
-            de = de / atoms.astype(dtype)
-        we = jnp.where(has_e, w, 0.0)
-        assert prediction.forces is not None
-        w_node = jnp.where(has_f, w[batch.graph.node_graph_index()], 0.0)
-        df2 = jnp.sum((prediction.forces - forces) ** 2, axis=-1)
-        out = {
-            "energy_num": jnp.sum(we * de**2),
-            "energy_den": jnp.sum(we),
-            "forces_num": jnp.sum(w_node * df2),
-            "forces_den": 3.0 * jnp.sum(w_node),
-        }
-        if prediction.stress is not None:
-            ws = jnp.where(has_s, w, 0.0)
-            ds2 = jnp.sum((prediction.stress - stress) ** 2, axis=(-1, -2))
-            out["stress_num"] = jnp.sum(ws * ds2)
-            out["stress_den"] = 9.0 * jnp.sum(ws)
-        else:
-            out["stress_num"] = out["stress_den"] = jnp.zeros((), dtype)
-        return out
+        return self.error_sums(prediction, batch)
 
     def __call__(self, model: Any, batch: Batch) -> tuple[Float[Array, ""], dict[str, Array]]:
         """The global loss of `model` on a stacked batch, and its terms."""
         per_device = jax.vmap(self.sums, in_axes=(None, 0))(model, batch)
-        total = {k: jnp.sum(v) for k, v in per_device.items()}
-        terms = {
-            kind: _safe_ratio(total[f"{kind}_num"], total[f"{kind}_den"])
-            for kind in ("energy", "forces", "stress")
-        }
+        terms = self.terms_of_sums({k: jnp.sum(v) for k, v in per_device.items()})
         return self.total(terms), terms
 
 
