@@ -36,12 +36,17 @@ def flax_slots(module: Any) -> tuple[list[ParamSlot], list[StateSlot]]:
     raise TypeError(f"from_flax: no Flax layout is known for {type(module).__name__}.")
 
 
-def _flatten(tree: Mapping[str, Any], prefix: FlaxPath = ()) -> dict[FlaxPath, Any]:
+def _flatten(
+    tree: Mapping[str, Any], prefix: FlaxPath = (), *, separator: str | None = None
+) -> dict[FlaxPath, Any]:
+    """Flatten nested mappings to `{path: leaf}`; with `separator`, keys holding it (mlip's
+    `params.npz` joins scopes with `#`) are split into their path."""
     flat: dict[FlaxPath, Any] = {}
     for name, value in tree.items():
-        path = (*prefix, str(name))
+        parts = str(name).split(separator) if separator else [str(name)]
+        path = (*prefix, *parts)
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, path))
+            flat.update(_flatten(value, path, separator=separator))
         else:
             flat[path] = value
     return flat

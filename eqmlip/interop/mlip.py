@@ -25,6 +25,7 @@ from ..models.nequip.network import Nequip, _atomic_energy_table
 from ..nn import E3jLinear, MultiHeadReadoutBlock
 from ..ops.linear import LinearBlock, e3j_blocks
 from ..ops.nequip import ConvPath, convolution_paths, split_target_irreps
+from ._flax import _flatten as _flatten_flax, _show
 
 Path = tuple[str, ...]
 
@@ -54,21 +55,8 @@ def mlip_linear_out_columns(paths: Sequence[ConvPath], block: int) -> np.ndarray
     return np.asarray(cols, dtype=np.int64)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
-    """Flatten nested mappings to `{path: leaf}`; keys joined by `#` (mlip's `params.npz`) are
-    split into their path."""
-    flat: dict[Path, Any] = {}
-    for name, value in tree.items():
-        path = (*prefix, *str(name).split("#"))
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, path))
-        else:
-            flat[path] = value
-    return flat
-
-
-def _show(path: Path) -> str:
-    return "/".join(path)
+def _flatten(tree: Mapping[str, Any]) -> dict[Path, Any]:
+    return _flatten_flax(tree, separator="#")
 
 
 class _Reader:
