@@ -142,5 +142,7 @@ def test_a_script_reproduces_the_cli(tmp_path):
     # The written config is complete: every field of every section, and it reruns as is.
     written = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
     assert RunConfig.from_dict(written).to_dict() == written
+    # `energy_scale: auto` is written as the number it resolved to.
+    assert written["model"]["energy_scale"] == pytest.approx(result.statistics.force_rms)
     assert set(written["model"]) >= {"name", "cutoff", "num_layers", "gate_nonlinearities"}
     assert set(written["train"]) == {f.name for f in dataclasses.fields(TrainConfig)}

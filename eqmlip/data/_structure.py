@@ -144,6 +144,9 @@ class Structure:
         fields["atomic_numbers"] = _readonly(numbers.astype(np.int64))
         fields["cell"] = _as_float_array("cell", cell, (3, 3), "lattice vectors as rows")
         pbc = np.asarray(pbc)
+        # As ASE: integers 0/1 (and NumPy bools or ints) mean False/True; nothing else does.
+        if pbc.shape == (3,) and pbc.dtype.kind in "iu" and np.isin(pbc, (0, 1)).all():
+            pbc = pbc.astype(bool)
         if pbc.shape != (3,) or pbc.dtype != bool:
             raise ValueError(
                 f"Structure: pbc must be 3 booleans, got {pbc.tolist()} (dtype {pbc.dtype})."

@@ -46,6 +46,7 @@ from ._run import (
     build_model as build_model,
     make_loaders as make_loaders,
     print_metrics as print_metrics,
+    resolve_energy_scale as resolve_energy_scale,
     run as run,
     valid_keys as valid_keys,
 )

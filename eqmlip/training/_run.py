@@ -285,17 +285,24 @@ def valid_keys(model_name: str = "nequip") -> dict[str, tuple[str, ...]]:
     }
 
 
+def resolve_energy_scale(config: ModelConfig, stats: DatasetStatistics) -> ModelConfig:
+    """`config` with `energy_scale: "auto"` replaced by the number it stands for: the training
+    set's force RMS (mlip's default scaling), else its energy-per-atom spread."""
+    if config.energy_scale != "auto":
+        return config
+    scale = stats.force_rms or stats.energy_per_atom_std
+    if not scale:
+        raise ConfigError(
+            "model.energy_scale 'auto' needs forces or energies in the data; set "
+            "model.energy_scale to a number."
+        )
+    return dataclasses.replace(config, energy_scale=float(scale))
+
+
 def build_model(config: ModelConfig, stats: DatasetStatistics) -> AbstractPotential:
     """A new model for a dataset: the potential `config.name` names, built by its
     `from_statistics` with the config's options, cutoff, energy scale, dtype and seed."""
-    scale = config.energy_scale
-    if scale == "auto":
-        scale = stats.force_rms or stats.energy_per_atom_std
-        if not scale:
-            raise ConfigError(
-                "model.energy_scale 'auto' needs forces or energies in the data; set "
-                "model.energy_scale to a number."
-            )
+    scale = resolve_energy_scale(config, stats).energy_scale
     if config.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     return potential_class(config.name).from_statistics(
@@ -412,6 +419,8 @@ def run(config: RunConfig | None = None, *, model: AbstractPotential | None = No
         flush=True,
     )
     if model is None:
+        # The written config.yaml records the scale used, so the run repeats from it alone.
+        config = dataclasses.replace(config, model=resolve_energy_scale(config.model, stats))
         model = build_model(config.model, stats)
     elif not isinstance(model, AbstractPotential):
         raise TypeError(

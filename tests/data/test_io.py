@@ -142,7 +142,9 @@ _GOOD = dict(
         (dict(atomic_numbers=np.array([0, 1])), "atomic_numbers must be integers in 1..118"),
         (dict(atomic_numbers=np.array([1.5, 1])), "atomic_numbers must be integers"),
         (dict(cell=np.zeros(3)), "cell has shape"),
-        (dict(pbc=np.array([1, 0, 0])), "pbc must be 3 booleans"),
+        (dict(pbc=np.array([2, 0, 0])), "pbc must be 3 booleans"),
+        (dict(pbc=np.array([0.0, 1.0, 0.0])), "pbc must be 3 booleans"),
+        (dict(pbc=[True, False]), "pbc must be 3 booleans"),
         (dict(energy=float("nan")), "missing energy must be None"),
         (dict(forces=np.zeros((3, 3))), "forces has shape"),
         (dict(forces=np.full((2, 3), np.nan)), "forces contains NaN"),
@@ -158,6 +160,15 @@ def test_structure_rejects_bad_fields(changes, match):
     Structure(**_GOOD)  # the base case is valid
     with pytest.raises((ValueError, TypeError), match=match):
         Structure(**{**_GOOD, **changes})
+
+
+@pytest.mark.parametrize(
+    "pbc", [[1, 1, 0], np.array([1, 1, 0]), np.array([1, 1, 0], np.uint8), (True, True, False)]
+)
+def test_structure_takes_pbc_as_ase_does(pbc):
+    """0/1 integers (lists or NumPy) mean False/True, as for `ase.Atoms(pbc=...)`."""
+    structure = Structure(**{**_GOOD, "pbc": pbc})
+    assert structure.pbc.dtype == bool and structure.pbc.tolist() == [True, True, False]
 
 
 def test_bad_inputs_to_readers():
