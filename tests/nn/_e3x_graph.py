@@ -199,3 +199,44 @@ def _inputs_for(name, dtype=jnp.float32):
     feats = tuple(jnp.ones((N, p, (lmax + 1) ** 2, f), dtype) for p, lmax, f in shapes)
     cutoff = jnp.ones(ADJ.shape if form == "dense" else DST.shape, dtype)
     return pos, feats, cutoff, _indices(form)
+
+
+# The property tests shared by the MessagePass and attention test files.
+
+
+def check_equivariance(x64, name, data, matrix):
+    """Rotating positions and features (`x @ D(R)`) rotates the output; inverting positions
+    and reflecting features (pseudotensors keep their sign) reflects it."""
+    pos, features, cutoff = data.draw(_graph_inputs(name))
+    with jax.enable_x64(x64):
+        dtype = jnp.result_type(float)
+        model = _module(name, x64)
+        moved_out, out_moved = _transformed(
+            model,
+            jnp.asarray(pos, dtype),
+            tuple(jnp.asarray(x, dtype) for x in features),
+            jnp.asarray(cutoff, dtype),
+            jnp.asarray(matrix, dtype),
+            _indices(MODULES[name][3]),
+        )
+        assert moved_out.dtype == dtype
+        _assert_close(moved_out, out_moved, dtype)
+
+
+def check_padding(name, data, pad_src, pad_cutoff):
+    """Padding edges (sparse: destination N; dense: index N) leave the real outputs and the
+    gradients unchanged and finite (NaN checks are on in this test suite)."""
+    pos, features, cutoff = data.draw(_graph_inputs(name))
+    model = _module(name, False)
+    (g0, y0), (g1, y1), (g2, y2) = _padded_and_plain(
+        model,
+        jnp.asarray(pos, jnp.float32),
+        tuple(jnp.asarray(x, jnp.float32) for x in features),
+        jnp.asarray(cutoff, jnp.float32),
+        jnp.asarray(pad_src),
+        jnp.asarray(pad_cutoff, jnp.float32),
+    )
+    for y, g in ((y1, g1), (y2, g2)):
+        assert np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(g[0])))
+        _assert_close(y, y0, jnp.float32)
+        _assert_close(g[0], g0[0], jnp.float32)

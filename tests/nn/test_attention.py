@@ -4,7 +4,6 @@ import equinox as eqx
 import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,15 +18,13 @@ from ._e3x_graph import (
     PAD,
     K,
     N,
-    _assert_close,
     _cutoffs,
     _graph_inputs,
-    _indices,
     _inputs_for,
     _isolated_node_fn,
     _module,
-    _padded_and_plain,
-    _transformed,
+    check_equivariance,
+    check_padding,
 )
 
 
@@ -35,22 +32,7 @@ from ._e3x_graph import (
 @pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
 @hypothesis.given(data=st.data(), matrix=testing.o3_matrices())
 def test_equivariance(x64, name, data, matrix):
-    """Rotating positions and features (`x @ D(R)`) rotates the output; inverting positions
-    and reflecting features (pseudotensors keep their sign) reflects it."""
-    pos, features, cutoff = data.draw(_graph_inputs(name))
-    with jax.enable_x64(x64):
-        dtype = jnp.result_type(float)
-        model = _module(name, x64)
-        moved_out, out_moved = _transformed(
-            model,
-            jnp.asarray(pos, dtype),
-            tuple(jnp.asarray(x, dtype) for x in features),
-            jnp.asarray(cutoff, dtype),
-            jnp.asarray(matrix, dtype),
-            _indices(MODULES[name][3]),
-        )
-        assert moved_out.dtype == dtype
-        _assert_close(moved_out, out_moved, dtype)
+    check_equivariance(x64, name, data, matrix)
 
 
 @pytest.mark.parametrize("name", ["self-attention-tensor"])
@@ -60,22 +42,8 @@ def test_equivariance(x64, name, data, matrix):
     pad_cutoff=hnp.arrays(np.float64, (PAD,), elements=_cutoffs),
 )
 def test_padding_changes_nothing_and_never_gives_nan(name, data, pad_src, pad_cutoff):
-    """Padding edges (sparse: destination N; dense: index N) leave the real outputs and the
-    gradients unchanged and finite (NaN checks are on in this test suite)."""
-    pos, features, cutoff = data.draw(_graph_inputs(name))
-    model = _module(name, False)
-    (g0, y0), (g1, y1), (g2, y2) = _padded_and_plain(
-        model,
-        jnp.asarray(pos, jnp.float32),
-        tuple(jnp.asarray(x, jnp.float32) for x in features),
-        jnp.asarray(cutoff, jnp.float32),
-        jnp.asarray(pad_src),
-        jnp.asarray(pad_cutoff, jnp.float32),
-    )
-    for y, g in ((y1, g1), (y2, g2)):
-        assert np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(g[0])))
-        _assert_close(y, y0, jnp.float32)
-        _assert_close(g[0], g0[0], jnp.float32)
+    """Padding edges leave the real outputs and gradients unchanged and finite."""
+    check_padding(name, data, pad_src, pad_cutoff)
 
 
 @hypothesis.given(data=st.data())
