@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .graph import Graph, pad_graph
+from .graph import MIN_DISTANCE, Graph, pad_graph
 from .io import load_model
 from .models._potential import AbstractPotential, parameter_dtype
 from .potential import Prediction, predict
@@ -20,8 +20,12 @@ class EqmlipCalculator(Calculator):
     """ASE calculator of any [`eqmlip.models.AbstractPotential`][]: `energy`,
     `free_energy` (the same), per-atom `energies`, `forces` and, for structures with a
     periodic direction, `stress` (Voigt order xx, yy, zz, yz, xz, xy, eV/Å³, ASE's sign:
-    positive under tension). Asking a molecule (no periodic direction) for its stress raises
-    ASE's `PropertyNotImplementedError`.
+    positive under tension). The stress is `-virial / volume` with the volume of the whole
+    cell: for a slab (pbc True, True, False) that includes the vacuum vector along the
+    non-periodic direction, as ASE's calculators report it. Asking for the stress of a
+    molecule (no periodic direction) or of a cell of zero volume (e.g. a zero vector along a
+    non-periodic direction) raises ASE's `PropertyNotImplementedError` rather than reporting
+    zeros.
 
     Each structure's graph is padded to a node and edge capacity, so a compiled function serves
     every step of an MD run or an optimisation. The capacity grows (by `growth`, at least to
@@ -36,6 +40,8 @@ class EqmlipCalculator(Calculator):
     - `growth`: factor (> 1) by which an overflowing capacity grows.
     - `node_capacity`, `edge_capacity`: initial capacities (default: what the first structure
         needs, times `growth`).
+    - `min_distance`: two atoms closer than this (Å, default 0.1) raise a `ValueError` naming
+        them (see [`eqmlip.Graph.from_atoms`][]); `None` skips the check.
     - `**kwargs`: passed to `ase.calculators.calculator.Calculator`.
     """
 
@@ -55,6 +61,7 @@ class EqmlipCalculator(Calculator):
         growth: float = 1.25,
         node_capacity: int | None = None,
         edge_capacity: int | None = None,
+        min_distance: float | None = MIN_DISTANCE,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -78,6 +85,7 @@ class EqmlipCalculator(Calculator):
         self.growth = float(growth)
         self.node_capacity = node_capacity
         self.edge_capacity = edge_capacity
+        self.min_distance = min_distance
         self.num_compilations = 0
         self._dtype = parameter_dtype(model)
         # One jitted function per calculator; tracing it (once per padded shape) is counted.
@@ -102,13 +110,17 @@ class EqmlipCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         assert atoms is not None
-        periodic = bool(np.any(atoms.pbc))
+        volume = abs(float(np.linalg.det(atoms.cell.array)))
+        periodic = bool(np.any(atoms.pbc)) and volume > 0
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError(
-                "EqmlipCalculator: stress needs a periodic structure (some pbc True); this one "
-                f"has pbc={atoms.pbc.tolist()}."
+                "EqmlipCalculator: stress needs a periodic structure (some pbc True) whose cell "
+                f"has a non-zero volume; this one has pbc={atoms.pbc.tolist()} and volume "
+                f"{volume:.3g} Å^3 (cell {atoms.cell.array.tolist()})."
             )
-        graph = Graph.from_atoms(atoms, self.model.cutoff, dataset_idx=self.dataset_idx)
+        graph = Graph.from_atoms(
+            atoms, self.model.cutoff, dataset_idx=self.dataset_idx, min_distance=self.min_distance
+        )
         # One padding node (and graph) always exists, so padding edges have somewhere to go.
         self.node_capacity = self._capacity(graph.num_nodes + 1, self.node_capacity)
         self.edge_capacity = self._capacity(max(graph.num_edges, 1), self.edge_capacity)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .training._run import ConfigError as ConfigError
+from ._errors import ConfigError as ConfigError
 
 
 class _Loader(yaml.SafeLoader):

@@ -34,6 +34,12 @@ from jaxtyping import Array, Bool, Float, Int
 from ._arrays import _Arr, _host_value, _to_device
 from ._species import check_species as check_species, species_index as species_index
 
+# Real edges shorter than this (Å) are refused: coinciding atoms give a finite but meaningless
+# energy. Far below any bond (H2: 0.74 Å), far above rounding noise.
+MIN_DISTANCE = 0.1
+
+_AXES = "abc"
+
 
 class EdgeSet(eqx.Module):
     """A set of directed edges between the nodes of a [`eqmlip.Graph`][], beside its main
@@ -196,6 +202,19 @@ class Graph(eqx.Module):
                     f"{edges} edges and {graphs} graphs (sizes read from positions, senders "
                     "and n_node)."
                 )
+        for names, kind, what in (
+            (("positions", "shifts", "cell"), "f", "a floating dtype (float32 or float64)"),
+            (("atomic_numbers", "senders", "receivers", "n_node", "n_edge"), "iu", "integers"),
+        ):
+            for name in names:
+                dtype = getattr(self, name).dtype
+                if dtype.kind not in kind:
+                    raise TypeError(
+                        f"Graph: {name} has dtype {dtype}, expected {what}; convert it, e.g. "
+                        f"{name}=np.asarray({name}, dtype=float)."
+                        if kind == "f"
+                        else f"Graph: {name} has dtype {dtype}, expected {what}."
+                    )
         if self.long_range is not None and self.long_range.n_edge.shape != (graphs,):
             raise ValueError(
                 f"Graph: long_range.n_edge has shape {self.long_range.n_edge.shape}, expected "
@@ -313,6 +332,7 @@ class Graph(eqx.Module):
         *,
         dataset_idx: int = 0,
         charge: int | None = None,
+        min_distance: float | None = MIN_DISTANCE,
     ) -> "Graph":
         """Build the graph of one structure, with a neighbour list found on the host.
 
@@ -331,6 +351,8 @@ class Graph(eqx.Module):
         - `dataset_idx`: dataset (readout head) of the structure.
         - `charge`: total charge; `None` reads `atoms.info["charge"]` (0 when absent), as
             mlip's readers do.
+        - `min_distance`: two atoms closer than this (Å, default 0.1) raise a `ValueError`
+            naming them (coinciding atoms); `None` skips the check.
 
         **Returns:** a `Graph` with one graph and no padding: JAX arrays, with positions,
         shifts and cell in JAX's default float dtype (float64 under `jax_enable_x64`, else
@@ -341,7 +363,12 @@ class Graph(eqx.Module):
         positions = np.asarray(atoms.positions, dtype=np.float64)
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
-        senders, receivers, shifts = neighbour_list(positions, cell, pbc, cutoff)
+        senders, receivers, shifts = neighbour_list(positions, cell, pbc, cutoff, min_distance=None)
+        if min_distance is not None:
+            close = (senders, receivers, shifts)
+            if cutoff < min_distance:  # then the closest pairs may not be edges
+                close = neighbour_list(positions, cell, pbc, min_distance, min_distance=None)
+            check_min_distance(positions, cell, close, min_distance, "Graph.from_atoms")
         if charge is None:
             charge = atoms.info.get("charge", 0)
         charge_value = float(np.asarray(charge))
@@ -376,11 +403,65 @@ def _complement_basis(periodic: np.ndarray) -> np.ndarray:
     return vt[len(periodic) :]
 
 
+def check_periodic_cell(
+    cell: Float[np.ndarray, "3 3"], pbc: Bool[np.ndarray, "3"], caller: str
+) -> None:
+    """Refuse a periodic direction whose lattice vector is zero, or periodic lattice vectors
+    that are linearly dependent: either would give atoms infinitely many images at a finite
+    distance (or a zero volume) instead of a lattice."""
+    cell = np.asarray(cell, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    lengths = np.linalg.norm(cell, axis=-1)
+    for axis in np.flatnonzero(pbc):
+        if not lengths[axis] > 0:
+            raise ValueError(
+                f"{caller}: pbc is True along lattice vector {_AXES[axis]} (direction {axis}) "
+                f"but that vector is zero (cell {cell.tolist()}); give it a length, or set pbc "
+                f"False along it."
+            )
+    periodic = cell[pbc]
+    scale = float(lengths[pbc].max()) if len(periodic) else 1.0
+    if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8 * scale) < len(periodic):
+        names = ", ".join(_AXES[a] for a in np.flatnonzero(pbc))
+        raise ValueError(
+            f"{caller}: the periodic lattice vectors {names} ({periodic.tolist()}, pbc "
+            f"{pbc.tolist()}) are linearly dependent; give the periodic directions independent "
+            "lattice vectors."
+        )
+
+
+def check_min_distance(
+    positions: Float[np.ndarray, "nodes 3"],
+    cell: Float[np.ndarray, "3 3"],
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+    min_distance: float,
+    caller: str,
+) -> None:
+    """Refuse edges `(senders, receivers, shifts)` shorter than `min_distance` (Å), naming the
+    closest pair."""
+    senders, receivers, shifts = edges
+    if not len(senders):
+        return
+    vectors = positions[receivers] - positions[senders] + shifts @ cell
+    lengths = np.linalg.norm(vectors, axis=-1)
+    closest = int(np.argmin(lengths))
+    if lengths[closest] < min_distance:
+        i, j, shift = int(senders[closest]), int(receivers[closest]), shifts[closest]
+        image = "" if not np.any(shift) else f" (periodic image {shift.astype(int).tolist()})"
+        raise ValueError(
+            f"{caller}: atoms {i} and {j}{image} are {lengths[closest]:.4g} Å apart, closer "
+            f"than min_distance {min_distance} Å: coinciding atoms give a meaningless energy. "
+            "Remove the duplicate atom, or lower min_distance if the geometry is intended."
+        )
+
+
 def neighbour_list(
     positions: Float[np.ndarray, "nodes 3"],
     cell: Float[np.ndarray, "3 3"],
     pbc: Bool[np.ndarray, "3"],
     cutoff: float,
+    *,
+    min_distance: float | None = MIN_DISTANCE,
 ) -> tuple[Int[np.ndarray, " edges"], Int[np.ndarray, " edges"], Float[np.ndarray, "edges 3"]]:
     """All directed pairs `i -> j` with `|pos[j] - pos[i] + S @ cell| < cutoff`, with matscipy.
 
@@ -395,9 +476,13 @@ def neighbour_list(
     **Arguments:**
 
     - `positions`: `[nodes, 3]` Cartesian positions (need not be wrapped into the cell).
-    - `cell`: `[3, 3]` lattice vectors as rows; only the periodic ones are used.
+    - `cell`: `[3, 3]` lattice vectors as rows; only the periodic ones are used, and each
+        must be non-zero, and together linearly independent.
     - `pbc`: `[3]` periodicity along each lattice vector.
     - `cutoff`: cutoff radius, positive and finite.
+    - `min_distance`: an edge shorter than this (Å; default `MIN_DISTANCE`, 0.1) raises a
+        `ValueError` naming the two atoms, since coinciding atoms give a meaningless energy;
+        `None` skips the check.
 
     **Returns:** `(senders, receivers, shifts)`: int32 `[edges]`, int32 `[edges]` and float64
     `[edges, 3]` (integer values), sorted by sender, receiver, then shift.
@@ -408,21 +493,22 @@ def neighbour_list(
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
-    if not np.all(np.isfinite(positions)):
-        raise ValueError("neighbour_list: positions must be finite.")
+    bad = np.argwhere(~np.isfinite(positions))
+    if len(bad):
+        raise ValueError(
+            f"neighbour_list: the position of atom {int(bad[0][0])} is "
+            f"{positions[bad[0][0]].tolist()}; positions must be finite."
+        )
+    if not np.all(np.isfinite(cell[pbc])):
+        raise ValueError(
+            f"neighbour_list: the periodic lattice vectors must be finite, got {cell.tolist()}."
+        )
     if len(positions) == 0:
         empty = np.zeros(0, dtype=np.int32)
         return empty, empty, np.zeros((0, 3))
 
+    check_periodic_cell(cell, pbc, "neighbour_list")
     periodic = cell[pbc]
-    if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8 * max(cutoff, 1.0)) < len(
-        periodic
-    ):
-        raise ValueError(
-            f"neighbour_list: the periodic lattice vectors {periodic.tolist()} "
-            f"(pbc={pbc.tolist()}) are zero or linearly dependent; give every periodic "
-            "direction a proper lattice vector, or set pbc False along it."
-        )
     work_cell = cell.copy()
     origin = np.zeros(3)
     axes = np.flatnonzero(~pbc)
@@ -442,11 +528,14 @@ def neighbour_list(
     )
     shifts = np.asarray(s, dtype=np.int64)
     order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
-    return (
+    edges = (
         np.asarray(i, dtype=np.int32)[order],
         np.asarray(j, dtype=np.int32)[order],
         shifts[order].astype(np.float64),
     )
+    if min_distance is not None:
+        check_min_distance(positions, cell, edges, min_distance, "neighbour_list")
+    return edges
 
 
 _FIELDS = (

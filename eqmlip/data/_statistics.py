@@ -264,7 +264,9 @@ def statistics(
     step = max(1, math.ceil(len(structures) / _PROBE_STRUCTURES))
     nearest = []
     for s in structures[::step]:
-        senders, receivers, shifts = neighbour_list(s.positions, s.cell, s.pbc, radius)
+        senders, receivers, shifts = neighbour_list(
+            s.positions, s.cell, s.pbc, radius, min_distance=None
+        )
         d = np.full(s.num_atoms, math.inf)
         if len(senders):
             lengths = np.linalg.norm(

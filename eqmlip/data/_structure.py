@@ -13,7 +13,14 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 from jaxtyping import Bool, Float, Int
 
-from ..graph import Graph, neighbour_list
+from .._errors import InputError
+from ..graph import (
+    MIN_DISTANCE,
+    Graph,
+    check_min_distance,
+    check_periodic_cell,
+    neighbour_list,
+)
 
 _MAX_Z = len(ase.data.chemical_symbols) - 1
 
@@ -50,10 +57,14 @@ def _as_float_array(name: str, value: Any, shape: tuple[int, ...], what: str) ->
         ) from error
     if array.shape != shape:
         raise ValueError(f"Structure: {name} has shape {array.shape}, expected {shape} ({what}).")
-    if not np.all(np.isfinite(array)):
+    bad = np.argwhere(~np.isfinite(array))
+    if len(bad):
+        index = tuple(int(i) for i in bad[0])
+        row = f"atom {index[0]}" if name in ("positions", "forces") else f"row {index[0]}"
+        hint = "; a missing target must be None, not NaN" if name in ("forces", "stress") else ""
         raise ValueError(
-            f"Structure: {name} contains NaN or infinite values; a missing target must be None, "
-            "not NaN."
+            f"Structure: {name} of {row} is {array[index]} ({len(bad)} non-finite value(s)); "
+            f"expected finite numbers{hint}."
         )
     return _readonly(array)
 
@@ -85,6 +96,13 @@ class Structure:
     - `charge`: integer total charge.
     - `weight`: non-negative weight of the structure in a loss (`config_weight` in extxyz).
     - `dataset_idx`: dataset (readout head) the structure belongs to.
+
+    **Checks** (each a `ValueError` naming the field, atom or direction): finite positions and
+    cell; a non-zero lattice vector along every periodic direction, the periodic ones linearly
+    independent; no two atoms (periodic images included) closer than the keyword-only
+    `min_distance` (Å, default `eqmlip.graph.MIN_DISTANCE` = 0.1; `None` skips it, and
+    `replace` checks again with the default); a stress target only for a periodic cell of
+    non-zero volume.
     """
 
     positions: Float[np.ndarray, "atoms 3"]
@@ -110,6 +128,8 @@ class Structure:
         charge: _ArrayLike = 0,
         weight: _ArrayLike = 1.0,
         dataset_idx: _ArrayLike = 0,
+        *,
+        min_distance: float | None = MIN_DISTANCE,
     ):
         # Inputs are any array-likes; they are checked and converted here, and the fields hold
         # the read-only NumPy arrays and Python scalars annotated above.
@@ -152,6 +172,15 @@ class Structure:
                 f"Structure: pbc must be 3 booleans, got {pbc.tolist()} (dtype {pbc.dtype})."
             )
         fields["pbc"] = _readonly(pbc)
+        check_periodic_cell(fields["cell"], pbc, "Structure")
+        if min_distance is not None and n > 0:
+            # The pairs closer than min_distance are all within a neighbour list of that radius.
+            edges = neighbour_list(
+                fields["positions"], fields["cell"], pbc, min_distance, min_distance=None
+            )
+            check_min_distance(
+                fields["positions"], fields["cell"], edges, min_distance, "Structure"
+            )
         if energy is not None:
             energy = _scalar("energy", energy)
             if not math.isfinite(energy):
@@ -165,6 +194,15 @@ class Structure:
             fields["stress"] = _as_float_array(
                 "stress", stress, (3, 3), "a full 3x3 tensor in eV/Å^3"
             )
+            if not (pbc.any() and abs(np.linalg.det(fields["cell"])) > 0):
+                # predict reports no stress there (has_stress False): the target could never
+                # be compared, so it would be dropped silently.
+                raise ValueError(
+                    f"Structure: a stress target needs a periodic cell of non-zero volume, but "
+                    f"pbc is {pbc.tolist()} and the cell {fields['cell'].tolist()} has volume "
+                    f"{abs(np.linalg.det(fields['cell'])):.3g}; drop the stress (stress=None, or "
+                    "stress_key=None when reading) or give the structure its cell."
+                )
         charge = _scalar("charge", charge)
         if charge != round(charge):
             raise ValueError(f"Structure: charge must be an integer, got {charge}.")
@@ -233,6 +271,7 @@ class Structure:
         weight_key: str | None = _DefaultKey("config_weight"),
         dataset_idx: int = 0,
         frame: int | None = None,
+        min_distance: float | None = MIN_DISTANCE,
     ) -> "Structure":
         """Read a structure and its targets from an `ase.Atoms`.
 
@@ -253,6 +292,7 @@ class Structure:
             names of the targets in the frame, or `None` to skip one.
         - `dataset_idx`: dataset (readout head) of the structure.
         - `frame`: index of the frame in its file, used in error messages.
+        - `min_distance`: closest allowed distance between atoms (Å; `None` skips the check).
 
         **Returns:** a `Structure`.
         """
@@ -301,18 +341,24 @@ class Structure:
                     "structure a cell or pass virial_key=None."
                 )
             stress = -_full_tensor(virial, "virial", where) / volume
-        return cls(
-            positions=np.asarray(atoms.positions),
-            atomic_numbers=np.asarray(atoms.numbers),
-            cell=cell,
-            pbc=np.asarray(atoms.pbc, dtype=bool),
-            energy=None if energy is _MISSING else energy,
-            forces=None if forces is _MISSING else np.asarray(forces),
-            stress=None if stress is _MISSING else stress,
-            charge=0 if charge is _MISSING else charge,
-            weight=1.0 if weight is _MISSING else weight,
-            dataset_idx=dataset_idx,
-        )
+        try:
+            return cls(
+                positions=np.asarray(atoms.positions),
+                atomic_numbers=np.asarray(atoms.numbers),
+                cell=cell,
+                pbc=np.asarray(atoms.pbc, dtype=bool),
+                energy=None if energy is _MISSING else energy,
+                forces=None if forces is _MISSING else np.asarray(forces),
+                stress=None if stress is _MISSING else stress,
+                charge=0 if charge is _MISSING else charge,
+                weight=1.0 if weight is _MISSING else weight,
+                dataset_idx=dataset_idx,
+                min_distance=min_distance,
+            )
+        except (TypeError, ValueError) as error:
+            if frame is None:
+                raise
+            raise type(error)(f"frame {frame}: {error}") from None
 
 
 def _full_tensor(value: Any, name: str, where: str) -> np.ndarray:
@@ -343,6 +389,7 @@ def read_structures(
     weight_key: str | None = _DefaultKey("config_weight"),
     format: str | None = None,
     dataset_idx: int = 0,
+    min_distance: float | None = MIN_DISTANCE,
 ) -> list[Structure]:
     """Read structures and their targets from a file (extxyz or anything `ase.io.read` reads)
     or from `ase.Atoms`.
@@ -359,11 +406,19 @@ def read_structures(
         names of the targets, or `None` to skip one.
     - `format`: file format for `ase.io.read` (guessed from the name when `None`).
     - `dataset_idx`: dataset (readout head) given to every structure.
+    - `min_distance`: closest allowed distance between atoms (Å; see
+        [`eqmlip.data.Structure`][]; `None` skips the check).
 
     **Returns:** a list of `Structure`s, in file order.
+
+    **Raises:** for a path, an [`eqmlip.InputError`][] (a `ValueError`) that names the file,
+    and the frame when one frame is wrong: missing, a directory, empty, unreadable, or a frame
+    that fails the checks of [`eqmlip.data.Structure`][].
     """
+    path = None
     if isinstance(path_or_atoms_list, str | os.PathLike):
-        frames = ase.io.read(os.fspath(path_or_atoms_list), index=index, format=format)
+        path = os.fspath(path_or_atoms_list)
+        frames = _read_file(path, index, format)
     else:
         frames = path_or_atoms_list
     if isinstance(frames, ase.Atoms):
@@ -381,10 +436,36 @@ def read_structures(
         charge_key=charge_key,
         weight_key=weight_key,
     )
-    return [
-        Structure.from_atoms(atoms, frame=i, dataset_idx=dataset_idx, **keys)
-        for i, atoms in enumerate(frames)
-    ]
+    kwargs = dict(dataset_idx=dataset_idx, min_distance=min_distance, **keys)
+    if path is None:
+        return [Structure.from_atoms(a, frame=i, **kwargs) for i, a in enumerate(frames)]
+    try:
+        return [Structure.from_atoms(a, frame=i, **kwargs) for i, a in enumerate(frames)]
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}, {error}") from None
+
+
+def _read_file(path: str, index: str | int | slice, format: str | None) -> Any:
+    """`ase.io.read` with one clear error naming the file for every way a file can be bad."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file.")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a directory; expected a structure file (e.g. extxyz).")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path} is empty; expected at least one structure.")
+    try:
+        frames = ase.io.read(path, index=index, format=format)
+    except (IndexError, StopIteration):
+        raise InputError(f"{path}: no frame at index {index!r}.") from None
+    except Exception as error:  # ASE raises many kinds (OSError, XYZError, ValueError, ...)
+        kind = type(error).__name__
+        raise InputError(
+            f"{path} could not be read as {format or 'a structure file'} ({kind}: "
+            f"{str(error).strip() or 'no detail'})."
+        ) from None
+    if isinstance(frames, list) and not frames:
+        raise InputError(f"{path}: index {index!r} selects no frame.")
+    return frames
 
 
 def write_structures(path: "str | os.PathLike[str]", structures: Sequence[Structure]) -> None:
@@ -411,7 +492,10 @@ _Neighbours = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def _neighbours(structure: Structure, cutoff: float) -> _Neighbours:
     """The structure's neighbour list on the host: `(senders, receivers, shifts)`."""
-    return neighbour_list(structure.positions, structure.cell, structure.pbc, cutoff)
+    # The Structure checked its own min_distance (possibly a user's) at construction.
+    return neighbour_list(
+        structure.positions, structure.cell, structure.pbc, cutoff, min_distance=None
+    )
 
 
 def _host_fields(structure: Structure, neighbours: _Neighbours) -> dict[str, np.ndarray]:

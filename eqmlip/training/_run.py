@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.random as jr
 
+from .._errors import ConfigError as ConfigError
 from ..data import (
     DataConfig,
     DatasetStatistics,
@@ -26,11 +27,6 @@ from ..models._potential import AbstractPotential, potential_class, potential_na
 from ._config import TrainConfig
 from ._loop import evaluate, train
 from ._step import loss_from_config
-
-
-class ConfigError(ValueError):
-    """A run configuration with an unknown key or a bad value."""
-
 
 # The keys of the `model` section that every potential shares; the rest are the fields of the
 # potential's `config_class`.

@@ -127,7 +127,7 @@ def test_ignored_targets():
 
 
 _GOOD = dict(
-    positions=np.zeros((2, 3)),
+    positions=np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.97]]),
     atomic_numbers=np.array([1, 8]),
     cell=np.zeros((3, 3)),
     pbc=np.zeros(3, dtype=bool),
@@ -147,7 +147,23 @@ _GOOD = dict(
         (dict(pbc=[True, False]), "pbc must be 3 booleans"),
         (dict(energy=float("nan")), "missing energy must be None"),
         (dict(forces=np.zeros((3, 3))), "forces has shape"),
-        (dict(forces=np.full((2, 3), np.nan)), "forces contains NaN"),
+        (dict(forces=np.full((2, 3), np.nan)), "forces of atom 0 is nan .*missing target"),
+        (dict(positions=[[0.0, 0.0, 0.0], [0.0, np.inf, 0.0]]), "positions of atom 1 is inf"),
+        (dict(cell=np.diag([5.0, 5.0, np.nan])), "cell of row 2 is nan"),
+        (dict(positions=np.zeros((2, 3))), "atoms 0 and 1 are 0 Å apart, closer than"),
+        (dict(positions=[[0.0, 0, 0], [0.0, 0, 0.05]]), "atoms 0 and 1 are 0.05 Å apart"),
+        (
+            dict(cell=np.diag([3.0, 3.0, 0.0]), pbc=[True, True, True]),
+            r"lattice vector c \(direction 2\) but that vector is zero",
+        ),
+        (
+            dict(cell=[[3.0, 0, 0], [6.0, 0, 0], [0, 0, 3.0]], pbc=[True, True, False]),
+            "periodic lattice vectors a, b .* are linearly dependent",
+        ),
+        (
+            dict(cell=np.diag([3.0, 3.0, 0.0]), pbc=[True, True, False], stress=np.zeros((3, 3))),
+            "stress target needs a periodic cell of non-zero volume",
+        ),
         (dict(stress=np.zeros(6)), "stress has shape"),
         (dict(charge=0.5), "charge must be an integer"),
         (dict(weight=-1.0), "weight must be finite and >= 0"),
@@ -167,7 +183,7 @@ def test_structure_rejects_bad_fields(changes, match):
 )
 def test_structure_takes_pbc_as_ase_does(pbc):
     """0/1 integers (lists or NumPy) mean False/True, as for `ase.Atoms(pbc=...)`."""
-    structure = Structure(**{**_GOOD, "pbc": pbc})
+    structure = Structure(**{**_GOOD, "pbc": pbc, "cell": np.eye(3) * 5.0})
     assert structure.pbc.dtype == bool and structure.pbc.tolist() == [True, True, False]
 
 
