@@ -5,11 +5,13 @@ import os
 from typing import Any, ClassVar
 
 import ase
+import ase.data
 import equinox as eqx
 import jax
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from ._errors import InputError
 from .graph import MIN_DISTANCE, Graph, pad_graph
 from .io import load_model
 from .models._potential import AbstractPotential, parameter_dtype
@@ -117,6 +119,14 @@ class EqmlipCalculator(Calculator):
                 "EqmlipCalculator: stress needs a periodic structure (some pbc True) whose cell "
                 f"has a non-zero volume; this one has pbc={atoms.pbc.tolist()} and volume "
                 f"{volume:.3g} Å^3 (cell {atoms.cell.array.tolist()})."
+            )
+        unknown = ~np.isin(atoms.numbers, self.model.species)
+        if unknown.any():  # on the host: the compiled check would only fire after compiling
+            atom = int(np.argmax(unknown))
+            raise InputError(
+                f"EqmlipCalculator: element {atoms.get_chemical_symbols()[atom]} (Z="
+                f"{atoms.numbers[atom]}, atom {atom}) is not among the model's species "
+                f"{[ase.data.chemical_symbols[z] for z in self.model.species]}."
             )
         graph = Graph.from_atoms(
             atoms, self.model.cutoff, dataset_idx=self.dataset_idx, min_distance=self.min_distance

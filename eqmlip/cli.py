@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ._errors import ConfigError as ConfigError
+from ._errors import ConfigError as ConfigError, InputError
 
 
 class _Loader(yaml.SafeLoader):
@@ -52,6 +52,9 @@ def default_config() -> dict[str, Any]:
     from .training import RunConfig
 
     return RunConfig.default_dict()
+
+
+_TARGET_KEYS = ("energy_key", "forces_key", "stress_key", "virial_key", "charge_key", "weight_key")
 
 
 def _config_error(message: str, command: str = "train") -> Exception:
@@ -172,15 +175,18 @@ def run_train(config: Mapping[str, Any]) -> Any:
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """`eqmlip evaluate MODEL DATA`: metrics of a model file on a data file."""
-    from .data import DataConfig, GraphLoader
+    from .data import DataConfig, GraphLoader, check_known_species
     from .io import load_model
     from .training import evaluate, print_metrics
 
+    if args.batch_size < 1:
+        raise _config_error(f"--batch-size must be >= 1, got {args.batch_size}.", "evaluate")
     model = load_model(args.model)
     data = DataConfig(
         energy_key=args.energy_key, forces_key=args.forces_key, stress_key=args.stress_key
     )
     structures = data.read(args.data)
+    check_known_species(structures, model.species, what=args.data, known=f"the model {args.model}")
     loader = GraphLoader(
         structures, model.cutoff, batch_size=args.batch_size, shuffle=False, num_buckets=2
     )
@@ -201,6 +207,8 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
     from ase.md.verlet import VelocityVerlet
 
     from .calculator import EqmlipCalculator
+    from .data import Structure
+    from .data._structure import _read_file
 
     # Refuse bad options before reading the model or compiling anything.
     for name, value, ok, expected in (
@@ -211,17 +219,21 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if not (ok and math.isfinite(value)):
             raise _config_error(f"{name} must be {expected}, got {value}.", "md")
-    try:
-        atoms = ase.io.read(args.structure, index=args.index)
-    except (IndexError, StopIteration):
-        frames = len(ase.io.read(args.structure, index=":"))
+    frames = _read_file(args.structure, ":", None)
+    if not -len(frames) <= args.index < len(frames):
         raise _config_error(
-            f"--index {args.index} is past the end of {args.structure} ({frames} frame(s): "
-            f"valid indices are {-frames}..{frames - 1}).",
+            f"--index {args.index} is past the end of {args.structure} ({len(frames)} "
+            f"frame(s): valid indices are {-len(frames)}..{len(frames) - 1}).",
             "md",
-        ) from None
-    if isinstance(atoms, list):
-        raise _config_error(f"--index must select one frame, got {args.index!r}.", "md")
+        )
+    atoms = frames[args.index]
+    # The same checks as training data (finite, a proper cell, no coinciding atoms), with the
+    # file and frame named, before the model is read.
+    frame = args.index % len(frames)
+    try:
+        Structure.from_atoms(atoms, frame=frame, **dict.fromkeys(_TARGET_KEYS))
+    except (TypeError, ValueError) as error:
+        raise _config_error(f"{args.structure}, {error}", "md") from None
     calc = EqmlipCalculator(args.model)
     atoms.calc = calc
     rng = np.random.default_rng(args.seed)
@@ -345,8 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config = load_config(path, rest[1:] if path is not None else rest)
             run_train(config)
-        except ConfigError as error:
-            print(f"error: {error}", file=sys.stderr)
+        except InputError as error:
+            _print_error(error, "train")
             return 2
         except KeyboardInterrupt:
             checkpoint = os.path.join(str(config["output_dir"]), "checkpoint.eqx")
@@ -363,7 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_evaluate(args)
         elif args.command == "md":
             run_md(args)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except InputError as error:
+        _print_error(error, args.command)
         return 2
     return 0
+
+
+def _print_error(error: InputError, command: str) -> None:
+    """One line on stderr, starting with the command, for a user error."""
+    message = " ".join(str(error).split())  # one line, whatever the message's layout
+    prefix = f"eqmlip {command}: "
+    print(f"error: {message if message.startswith(prefix) else prefix + message}", file=sys.stderr)

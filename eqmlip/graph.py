@@ -29,9 +29,10 @@ import equinox as eqx
 import jax.numpy as jnp
 import matscipy.neighbours
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, Shaped
 
 from ._arrays import _Arr, _host_value, _to_device
+from ._errors import InputError
 from ._species import check_species as check_species, species_index as species_index
 
 # Real edges shorter than this (Å) are refused: coinciding atoms give a finite but meaningless
@@ -131,12 +132,13 @@ class Graph(eqx.Module):
 
     def __init__(
         self,
-        positions: Float[_Arr, "nodes 3"],
-        atomic_numbers: Int[_Arr, " nodes"],
-        senders: Int[_Arr, " edges"],
-        receivers: Int[_Arr, " edges"],
-        shifts: Float[_Arr, "edges 3"],
-        cell: Float[_Arr, "graphs 3 3"],
+        # Shaped, not Float/Int: the dtypes are checked below with a message naming the field.
+        positions: Shaped[_Arr, "nodes 3"],
+        atomic_numbers: Shaped[_Arr, " nodes"],
+        senders: Shaped[_Arr, " edges"],
+        receivers: Shaped[_Arr, " edges"],
+        shifts: Shaped[_Arr, "edges 3"],
+        cell: Shaped[_Arr, "graphs 3 3"],
         pbc: Bool[_Arr, "graphs 3"],
         n_node: Int[_Arr, " graphs"],
         n_edge: Int[_Arr, " graphs"],
@@ -414,7 +416,7 @@ def check_periodic_cell(
     lengths = np.linalg.norm(cell, axis=-1)
     for axis in np.flatnonzero(pbc):
         if not lengths[axis] > 0:
-            raise ValueError(
+            raise InputError(
                 f"{caller}: pbc is True along lattice vector {_AXES[axis]} (direction {axis}) "
                 f"but that vector is zero (cell {cell.tolist()}); give it a length, or set pbc "
                 f"False along it."
@@ -423,7 +425,7 @@ def check_periodic_cell(
     scale = float(lengths[pbc].max()) if len(periodic) else 1.0
     if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-8 * scale) < len(periodic):
         names = ", ".join(_AXES[a] for a in np.flatnonzero(pbc))
-        raise ValueError(
+        raise InputError(
             f"{caller}: the periodic lattice vectors {names} ({periodic.tolist()}, pbc "
             f"{pbc.tolist()}) are linearly dependent; give the periodic directions independent "
             "lattice vectors."
@@ -448,7 +450,7 @@ def check_min_distance(
     if lengths[closest] < min_distance:
         i, j, shift = int(senders[closest]), int(receivers[closest]), shifts[closest]
         image = "" if not np.any(shift) else f" (periodic image {shift.astype(int).tolist()})"
-        raise ValueError(
+        raise InputError(
             f"{caller}: atoms {i} and {j}{image} are {lengths[closest]:.4g} Å apart, closer "
             f"than min_distance {min_distance} Å: coinciding atoms give a meaningless energy. "
             "Remove the duplicate atom, or lower min_distance if the geometry is intended."
@@ -489,18 +491,18 @@ def neighbour_list(
     """
     cutoff = float(cutoff)
     if not (math.isfinite(cutoff) and cutoff > 0):
-        raise ValueError(f"neighbour_list: cutoff must be positive and finite, got {cutoff}.")
+        raise InputError(f"neighbour_list: cutoff must be positive and finite, got {cutoff}.")
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
     bad = np.argwhere(~np.isfinite(positions))
     if len(bad):
-        raise ValueError(
+        raise InputError(
             f"neighbour_list: the position of atom {int(bad[0][0])} is "
             f"{positions[bad[0][0]].tolist()}; positions must be finite."
         )
     if not np.all(np.isfinite(cell[pbc])):
-        raise ValueError(
+        raise InputError(
             f"neighbour_list: the periodic lattice vectors must be finite, got {cell.tolist()}."
         )
     if len(positions) == 0:

@@ -29,6 +29,7 @@ import jax
 import jax.random as jr
 import numpy as np
 
+from ._errors import InputError
 from .models._potential import (
     AbstractPotential,
     parameter_dtype,
@@ -140,27 +141,30 @@ def save_model(
 def _split(data: bytes, source: str) -> tuple[dict[str, Any], bytes]:
     newline = data.find(b"\n", 0, _MAX_HEADER_BYTES)
     if newline < 0:
-        raise ValueError(
+        raise InputError(
             f"load_model: {source} is not an eqmlip model file (no JSON header line found)."
         )
     try:
         header = json.loads(data[:newline].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(
+        raise InputError(
             f"load_model: {source} is not an eqmlip model file or its header is corrupted "
             f"({error})."
         ) from error
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        got = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise ValueError(
-            f"load_model: {source} is not an eqmlip model file (format {got!r}, expected "
-            f"{FORMAT!r})."
+        got = (
+            f"format {header.get('format')!r}"
+            if isinstance(header, dict)
+            else "its first line is not a JSON header"
+        )
+        raise InputError(
+            f"load_model: {source} is not an eqmlip model file ({got}; expected format {FORMAT!r})."
         )
     version = header.get("format_version")
     if not isinstance(version, int):
-        raise ValueError(f"load_model: {source} has no integer format_version (got {version!r}).")
+        raise InputError(f"load_model: {source} has no integer format_version (got {version!r}).")
     if version > FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"load_model: {source} was written with model-file format version {version} (eqmlip "
             f"{header.get('eqmlip_version', '?')}), but this eqmlip ({_version()}) reads format "
             f"versions up to {FORMAT_VERSION}. Upgrade eqmlip to load it."
@@ -207,23 +211,26 @@ def model_from_header(
             name, hyperparameters = header["model"], header["hyperparameters"]
         dtype = np.dtype(header["dtype"])
     except (KeyError, TypeError) as error:
-        raise ValueError(
+        raise InputError(
             f"load_model: {source} has no valid {error} field in its header."
         ) from error
     if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
-        raise ValueError(
+        raise InputError(
             "load_model: the model file holds float64 parameters but jax_enable_x64 is off; "
             "enable it (jax.config.update('jax_enable_x64', True)) before loading."
         )
-    cls = potential_class(name)
+    try:
+        cls = potential_class(name)
+    except ValueError as error:
+        raise InputError(f"load_model: {source}: {error}") from None
     if not isinstance(hyperparameters, Mapping):
-        raise ValueError(
+        raise InputError(
             f"load_model: {source} has hyperparameters {hyperparameters!r}, expected a mapping."
         )
     try:
         return cls.from_hyperparameters(hyperparameters, dtype=dtype, key=jr.key(0))
     except (TypeError, ValueError) as error:
-        raise ValueError(
+        raise InputError(
             f"load_model: {source} describes a {name!r} model that cannot be built: {error}"
         ) from error
 
@@ -231,7 +238,7 @@ def model_from_header(
 def _check_integrity(header: Mapping[str, Any], payload: bytes, source: str) -> None:
     expected = header.get("payload_bytes")
     if len(payload) != expected:
-        raise ValueError(
+        raise InputError(
             f"load_model: {source} is truncated or corrupted: its parameters have {len(payload)} "
             f"bytes, the header says {expected}."
         )
@@ -240,7 +247,7 @@ def _check_integrity(header: Mapping[str, Any], payload: bytes, source: str) -> 
     else:
         digest, recorded = _digest(header, payload), header.get("sha256")
     if digest != recorded:
-        raise ValueError(
+        raise InputError(
             f"load_model: {source} is corrupted: the SHA-256 of its header and parameters is "
             f"{digest}, the file says {recorded} (a changed byte anywhere, header included, is "
             "refused)."
@@ -255,7 +262,7 @@ def model_from_bytes(data: bytes, *, source: str = "the data") -> AbstractPotent
     try:
         return eqx.tree_deserialise_leaves(io.BytesIO(payload), skeleton)
     except Exception as error:  # equinox/numpy raise various errors on mismatched leaves
-        raise ValueError(
+        raise InputError(
             f"load_model: the parameters in {source} do not match the architecture in its "
             f"header ({type(error).__name__}: {error})."
         ) from error
@@ -275,12 +282,16 @@ def load_model(path: "str | os.PathLike[str]") -> AbstractPotential:
 
     **Returns:** the model, parameters as saved.
 
-    **Raises:** `ValueError` when the file is not an eqmlip model, was written by a newer
+    **Raises:** [`eqmlip.InputError`][] (a `ValueError`) when the path is not a file, when the
+    file is not an eqmlip model, was written by a newer
     format version (the message names both versions), is truncated, corrupted or edited (size
     or SHA-256 mismatch over header and parameters), names an unregistered potential, or holds
     float64 parameters while `jax_enable_x64` is off.
     """
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        problem = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise InputError(f"load_model: {path!r} {problem}; expected a model file (.eqx).")
     with open(path, "rb") as f:
         data = f.read()
     return model_from_bytes(data, source=repr(path))

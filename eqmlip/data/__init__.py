@@ -22,6 +22,7 @@ from ._statistics import (
 )
 from ._structure import (
     Structure as Structure,
+    check_known_species as check_known_species,
     read_structures as read_structures,
     structure_graph as structure_graph,
     write_structures as write_structures,

@@ -4,6 +4,7 @@ import dataclasses
 import math
 from typing import Any
 
+from .._errors import InputError
 from ._generated import emt_alloy_dataset
 from ._statistics import split
 from ._structure import Structure, read_structures
@@ -87,12 +88,19 @@ def load_datasets(
     """
     if not isinstance(config, DataConfig):
         raise TypeError(f"load_datasets: expected a DataConfig, got {type(config).__name__}.")
+
+    def read(key: str, path: str) -> list[Structure]:
+        try:
+            return config.read(path)
+        except InputError as error:  # name the config key too: the same file may serve two
+            raise InputError(f"data.{key}: {error}") from None
+
     if config.train is None:
         structures = emt_alloy_dataset(config.num_generated, seed=config.generated_seed)
     else:
-        structures = config.read(config.train)
-    given_valid = config.read(config.valid) if config.valid else None
-    given_test = config.read(config.test) if config.test else None
+        structures = read("train", config.train)
+    given_valid = read("valid", config.valid) if config.valid else None
+    given_test = read("test", config.test) if config.test else None
     fractions = list(config.split)
     if given_valid is not None:
         fractions[1] = 0.0

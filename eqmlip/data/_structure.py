@@ -436,7 +436,7 @@ def read_structures(
         charge_key=charge_key,
         weight_key=weight_key,
     )
-    kwargs = dict(dataset_idx=dataset_idx, min_distance=min_distance, **keys)
+    kwargs: dict[str, Any] = dict(dataset_idx=dataset_idx, min_distance=min_distance, **keys)
     if path is None:
         return [Structure.from_atoms(a, frame=i, **kwargs) for i, a in enumerate(frames)]
     try:
@@ -484,6 +484,39 @@ def write_structures(path: "str | os.PathLike[str]", structures: Sequence[Struct
         if not isinstance(s, Structure):
             raise TypeError(f"write_structures: expected Structures, got {type(s).__name__}.")
     ase.io.write(os.fspath(path), [s.to_atoms() for s in structures], format="extxyz")
+
+
+def check_known_species(
+    structures: Sequence[Structure],
+    species: Sequence[int],
+    *,
+    what: str,
+    known: str,
+    item: str = "frame",
+) -> None:
+    """Refuse, on the host and before anything compiles, a structure with an element outside
+    `species`: raise an [`eqmlip.InputError`][] naming the element, the first structure (frame)
+    that has it, and the species allowed.
+
+    **Arguments:**
+
+    - `structures`: the structures to check.
+    - `species`: the atomic numbers allowed (e.g. a model's `species`).
+    - `what`: how to name the structures in the message, e.g. `"test.xyz"`.
+    - `known`: where `species` come from, e.g. `"the model"`.
+    - `item`: what a structure's index is called (`"frame"` for a file's structures).
+    """
+    allowed = np.asarray(sorted(int(z) for z in species))
+    for k, structure in enumerate(structures):
+        unknown = ~np.isin(structure.atomic_numbers, allowed)
+        if unknown.any():
+            atom = int(np.argmax(unknown))
+            z = int(structure.atomic_numbers[atom])
+            names = [ase.data.chemical_symbols[int(a)] for a in allowed]
+            raise InputError(
+                f"{what}, {item} {k}: element {ase.data.chemical_symbols[z]} (Z={z}, atom "
+                f"{atom}) is not among the species of {known} {names}."
+            )
 
 
 # `(senders, receivers, shifts)` of one structure, as `eqmlip.graph.neighbour_list` gives them.

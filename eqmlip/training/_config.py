@@ -61,6 +61,9 @@ class TrainConfig:
     - `checkpoint_every`: also write the checkpoint every this many steps (`None`: at the end
         of each epoch only).
     - `quiet`: no progress bar and no printed summary lines.
+    - `progress_every`: when stderr is not a terminal (a log file, a batch job), print a
+        progress line every this many steps, instead of the progress bar. Either way a line
+        says when a training step starts and ends compiling (once per batch shape).
 
     **Devices:**
 
@@ -99,6 +102,7 @@ class TrainConfig:
     log_dir: str | None = None
     checkpoint_every: int | None = None
     quiet: bool = False
+    progress_every: int = 50
     num_devices: int | str = 1
 
     def __post_init__(self):
@@ -168,6 +172,7 @@ class TrainConfig:
             ("num_buckets", 1),
             ("eval_every", 1),
             ("seed", 0),
+            ("progress_every", 1),
         ):
             value = getattr(self, name)
             if not _is_int(value):

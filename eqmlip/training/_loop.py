@@ -19,7 +19,8 @@ import jax
 import numpy as np
 from jaxtyping import PyTree
 
-from ..data import GraphLoader
+from .._errors import InputError
+from ..data import GraphLoader, check_known_species
 from ..io import load_model, model_header, save_model
 from ..models._potential import AbstractPotential, parameter_dtype, potential_name
 from ._config import TrainConfig
@@ -76,6 +77,10 @@ def evaluate(
     "stress_rmse", "num_structures"[, "loss"]}`.
     """
     dtype = parameter_dtype(model)
+    if isinstance(loader, GraphLoader):
+        check_known_species(
+            loader.structures, model.species, what="loader", known="the model", item="structure"
+        )
     batches = loader.batches(0) if isinstance(loader, GraphLoader) else loader
     totals: dict[str, float] = dict.fromkeys(ERROR_SUMS, 0.0)
     structures = 0
@@ -138,7 +143,15 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
 
 # Fields that may differ when resuming: they change neither the numerics nor the schedule, except
 # `epochs`, which may be raised to train longer (the learning-rate schedule is then stretched).
-_RESUMABLE_CHANGES = {"quiet", "log_dir", "checkpoint_every", "patience", "eval_every", "epochs"}
+_RESUMABLE_CHANGES = {
+    "quiet",
+    "progress_every",
+    "log_dir",
+    "checkpoint_every",
+    "patience",
+    "eval_every",
+    "epochs",
+}
 
 
 def save_checkpoint(path: str, state: TrainState, progress: Progress, config: TrainConfig) -> None:
@@ -179,9 +192,9 @@ def load_checkpoint(
     except (UnicodeDecodeError, json.JSONDecodeError):
         header = None
     if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"load_checkpoint: {path!r} is not an eqmlip checkpoint.")
+        raise InputError(f"load_checkpoint: {path!r} is not an eqmlip checkpoint.")
     if header["format_version"] > CHECKPOINT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"load_checkpoint: {path!r} has checkpoint format version {header['format_version']}, "
             f"this eqmlip reads versions up to {CHECKPOINT_VERSION}."
         )
@@ -190,7 +203,7 @@ def load_checkpoint(
         len(payload) != header["payload_bytes"]
         or hashlib.sha256(payload).hexdigest() != header["payload_sha256"]
     ):
-        raise ValueError(f"load_checkpoint: {path!r} is truncated or corrupted (size or SHA-256).")
+        raise InputError(f"load_checkpoint: {path!r} is truncated or corrupted (size or SHA-256).")
     if config is not None:
         saved = header["train_config"]
         current = _config_json(config)
@@ -198,7 +211,7 @@ def load_checkpoint(
             k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]
         )
         if changed:
-            raise ValueError(
+            raise InputError(
                 f"load_checkpoint: {path!r} was trained with different settings for {changed} "
                 f"(saved {[saved.get(k) for k in changed]}, now {[current[k] for k in changed]}); "
                 "resume with the same configuration or start a new log_dir."
@@ -249,6 +262,32 @@ class TrainResult:
 
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+@dataclasses.dataclass
+class _Report:
+    """Progress lines on stdout for a run without a progress bar (stderr not a terminal), and
+    the compile notices shown either way (in the bar's description, or as lines)."""
+
+    enabled: bool
+    lines: bool
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(text, flush=True)
+
+    def compiling(self, bar: Any, graph: Any) -> None:
+        shape = f"{graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_graphs} graphs"
+        if self.lines:
+            self.line(f"compiling the training step for a batch of {shape}...")
+        elif self.enabled:
+            bar.set_description_str(f"{bar.desc} (compiling)")
+
+    def compiled(self, bar: Any, seconds: float) -> None:
+        if self.lines:
+            self.line(f"compiled in {seconds:.1f} s")
+        elif self.enabled:
+            bar.set_description_str(bar.desc.removesuffix(" (compiling)"))
 
 
 def _make_bar(total: int, desc: str, disable: bool) -> Any:
@@ -324,6 +363,11 @@ def train(
         )
     if config.log_dir is not None:
         potential_name(model)  # model files name the class: refuse an unregistered one now
+    for name, loader in (("train_loader", train_loader), ("valid_loader", valid_loader)):
+        if loader is not None:
+            check_known_species(
+                loader.structures, model.species, what=name, known="the model", item="structure"
+            )
     dtype = parameter_dtype(model)
     n_local = resolve_num_devices(config.num_devices)
     parallel = n_local > 1 or jax.process_count() > 1
@@ -346,7 +390,7 @@ def train(
         best_path = os.path.join(config.log_dir, "best_model.eqx")
         if resume:
             if not os.path.exists(ckpt_path):
-                raise ValueError(
+                raise InputError(
                     f"train: resume=True, but there is no checkpoint {ckpt_path!r} to resume "
                     "from; start without resume (or point log_dir at the interrupted run)."
                 )
@@ -369,6 +413,8 @@ def train(
     logger = _Logger(config.log_dir if main else None, columns)
     history: list[dict[str, Any]] = []
     disable_bar = config.quiet or not sys.stderr.isatty() or not main
+    report = _Report(enabled=main and not config.quiet, lines=disable_bar)
+    compiled_shapes: set[tuple[int, int, int]] = set()
     eval_loader = valid_loader if valid_loader is not None else train_loader
     # Without a validation set the EMA model is evaluated on the training set: say so.
     eval_name = "valid" if valid_loader is not None else "train"
@@ -404,7 +450,17 @@ def train(
             for batch in batches:
                 if max_steps is not None and progress.step >= max_steps:
                     break
+                # A batch shape not seen before compiles the step (seconds to minutes): say so.
+                graph = batch.graph
+                shape = (graph.num_nodes, graph.num_edges, graph.num_graphs)
+                compiling = shape not in compiled_shapes
+                if compiling:
+                    compiled_shapes.add(shape)
+                    report.compiling(bar, batch.graph)
+                tic = time.perf_counter()
                 state, value, terms = step_fn(state, batch, optimizer, loss, config.ema_decay)
+                if compiling:  # jit traces and compiles inside the call, before dispatching
+                    report.compiled(bar, time.perf_counter() - tic)
                 progress.batch += 1
                 progress.step += 1
                 device_terms.append((value, terms))
@@ -412,6 +468,13 @@ def train(
                 if not disable_bar and progress.step % 10 == 0:
                     bar.set_postfix(
                         loss=f"{float(value):.4g}", lr=f"{schedule_lr(progress.step):.2e}"
+                    )
+                elif report.lines and progress.step % config.progress_every == 0:
+                    report.line(
+                        f"epoch {epoch + 1}/{config.epochs}: batch {progress.batch}/{n_batches}, "
+                        f"step {progress.step}, loss {float(value):.4g}, lr "
+                        f"{schedule_lr(progress.step):.2e}, "
+                        f"{time.perf_counter() - start_time:.0f} s"
                     )
                 if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
                     checkpoint()

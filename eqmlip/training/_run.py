@@ -18,6 +18,7 @@ from ..data import (
     DatasetStatistics,
     GraphLoader,
     Structure,
+    check_known_species,
     load_datasets,
     statistics,
     structure_graph,
@@ -406,6 +407,17 @@ def run(config: RunConfig | None = None, *, model: AbstractPotential | None = No
     except ValueError as error:
         raise ConfigError(str(error)) from error
     cutoff = config.model.cutoff if model is None else float(model.cutoff)
+    # Unknown elements are refused here, naming the file and frame, before anything compiles.
+    sets = {"data.train": train_set, "data.valid": valid_set, "data.test": test_set}
+    files = {"data.train": config.data.train, "data.valid": config.data.valid}
+    files["data.test"] = config.data.test
+    where = {k: f"{k} ({files[k] or 'split off data.train'})" for k in sets}
+    item = {k: "frame" if files[k] else "structure" for k in sets}
+    if model is not None:
+        for key, structures in sets.items():
+            check_known_species(
+                structures, model.species, what=where[key], known="the model", item=item[key]
+            )
     stats = statistics(train_set, cutoff=cutoff)
     print(
         f"data: {len(train_set)} train / {len(valid_set)} valid / {len(test_set)} test "
@@ -414,6 +426,11 @@ def run(config: RunConfig | None = None, *, model: AbstractPotential | None = No
         f"{_num(stats.energy_per_atom_std)} eV/atom",
         flush=True,
     )
+    if model is None:  # the model will have the training data's species
+        for key in ("data.valid", "data.test"):
+            check_known_species(
+                sets[key], stats.species, what=where[key], known="the training data", item=item[key]
+            )
     if model is None:
         # The written config.yaml records the scale used, so the run repeats from it alone.
         config = dataclasses.replace(config, model=resolve_energy_scale(config.model, stats))

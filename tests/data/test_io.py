@@ -1,5 +1,7 @@
 """eqmlip.data: Structure checks, reading targets from ASE/extxyz, write/read round trips."""
 
+from typing import Any
+
 import ase
 import ase.io
 import numpy as np
@@ -126,7 +128,7 @@ def test_ignored_targets():
     assert s.energy is None and s.forces is None and s.stress is None
 
 
-_GOOD = dict(
+_GOOD: dict[str, Any] = dict(
     positions=np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.97]]),
     atomic_numbers=np.array([1, 8]),
     cell=np.zeros((3, 3)),
