@@ -9,6 +9,7 @@ eqmlip md runs/default/model.eqx structure.xyz --steps 200
 """
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -85,9 +86,11 @@ def _check_keys(config: Mapping[str, Any], where: str) -> None:
                 )
             for key in value:
                 if key not in keys[section]:
+                    close = difflib.get_close_matches(str(key), keys[section], n=1)
+                    hint = f"did you mean {section}.{close[0]}? " if close else ""
                     raise _config_error(
-                        f"unknown key {section}.{key} in {where}; valid keys of {section!r} are "
-                        f"{sorted(keys[section])}."
+                        f"unknown key {section}.{key} in {where}; {hint}valid keys of "
+                        f"{section!r} are {sorted(keys[section])}."
                     )
 
 

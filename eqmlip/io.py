@@ -2,7 +2,7 @@
 `eqx.tree_serialise_leaves` bytes.
 
 ```
-{"format": "eqmlip-model", "format_version": 2, "eqmlip_version": ..., "model": "nequip",
+{"format": "eqmlip-model", "format_version": 3, "eqmlip_version": ..., "model": "nequip",
  "hyperparameters": {...}, "species": [...], "cutoff": ..., "dtype": "float32",
  "metadata": {...}, "payload_bytes": ..., "sha256": ...}\n
 <eqx.tree_serialise_leaves bytes>
@@ -11,16 +11,19 @@
 `model` is the registry name of the potential's class ([`eqmlip.models.register_potential`][]),
 `hyperparameters` what its `hyperparameters()` returns; loading rebuilds the skeleton with
 `from_hyperparameters` and deserialises the leaves into it (Equinox's pattern for serialising
-a model with its hyperparameters). `sha256` covers the whole file: the header (every field but
-`sha256` itself) and the parameters, so a corrupted or edited header is refused as surely as
-corrupted parameters. No pickle: the header is JSON, the payload raw array bytes. Files of
-format version 1 (NequIP only, parameters checksummed) are still read.
+a model with its hyperparameters). `sha256`, the header's last field, is the SHA-256 of the
+file's exact bytes without that field: the header line up to it (closed by `}`), a newline,
+then the parameters. So every changed byte is refused, even one that leaves a value the same
+after parsing (a 17th digit), and an edited header as surely as corrupted parameters. No
+pickle: the header is JSON, the payload raw array bytes. Files of format version 2 (the digest
+over the header re-serialised) and 1 (NequIP only, parameters checksummed) are still read.
 """
 
 import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +41,7 @@ from .models._potential import (
 )
 
 FORMAT = "eqmlip-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # A header line longer than this is not an eqmlip header (guards against reading a huge binary).
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -90,9 +93,18 @@ def model_header(
     return header
 
 
+# How a format-3 header line ends: its digest, as the last field.
+_DIGEST_FIELD = re.compile(rb',"sha256":"([0-9a-f]{64})"\}\Z')
+
+
+def _file_digest(header_without_digest: bytes, payload: bytes) -> str:
+    """Format 3: the SHA-256 of the file's bytes as written, the digest field left out."""
+    return hashlib.sha256(header_without_digest + b"\n" + payload).hexdigest()
+
+
 def _digest(header: Mapping[str, Any], payload: bytes) -> str:
-    """SHA-256 of the canonical JSON of the header without its `sha256` field, then the
-    parameters: any change to either changes it."""
+    """Format 2: SHA-256 of the canonical JSON of the header without its `sha256` field, then
+    the parameters."""
     fields = {k: v for k, v in header.items() if k != "sha256"}
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical + b"\n" + payload).hexdigest()
@@ -105,9 +117,9 @@ def model_to_bytes(model: AbstractPotential, *, metadata: Mapping[str, Any] | No
     eqx.tree_serialise_leaves(buffer, model)
     payload = buffer.getvalue()
     header["payload_bytes"] = len(payload)
-    header["sha256"] = _digest(header, payload)
-    line = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
-    return line + b"\n" + payload
+    body = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+    digest = _file_digest(body, payload)
+    return body[:-1] + b',"sha256":"' + digest.encode() + b'"}\n' + payload
 
 
 def save_model(
@@ -138,7 +150,8 @@ def save_model(
     os.replace(tmp, path)
 
 
-def _split(data: bytes, source: str) -> tuple[dict[str, Any], bytes]:
+def _split(data: bytes, source: str) -> tuple[dict[str, Any], bytes, bytes]:
+    """`(header, payload, header line)` of a model file's bytes."""
     newline = data.find(b"\n", 0, _MAX_HEADER_BYTES)
     if newline < 0:
         raise InputError(
@@ -169,7 +182,7 @@ def _split(data: bytes, source: str) -> tuple[dict[str, Any], bytes]:
             f"{header.get('eqmlip_version', '?')}), but this eqmlip ({_version()}) reads format "
             f"versions up to {FORMAT_VERSION}. Upgrade eqmlip to load it."
         )
-    return header, data[newline + 1 :]
+    return header, data[newline + 1 :], data[:newline]
 
 
 def read_header(path: "str | os.PathLike[str]") -> dict[str, Any]:
@@ -178,7 +191,7 @@ def read_header(path: "str | os.PathLike[str]") -> dict[str, Any]:
     newer format version."""
     with open(os.fspath(path), "rb") as f:
         head = f.read(_MAX_HEADER_BYTES)
-    header, _ = _split(head, repr(os.fspath(path)))
+    header, _, _ = _split(head, repr(os.fspath(path)))
     return header
 
 
@@ -235,17 +248,26 @@ def model_from_header(
         ) from error
 
 
-def _check_integrity(header: Mapping[str, Any], payload: bytes, source: str) -> None:
+def _check_integrity(header: Mapping[str, Any], payload: bytes, line: bytes, source: str) -> None:
     expected = header.get("payload_bytes")
     if len(payload) != expected:
         raise InputError(
             f"load_model: {source} is truncated or corrupted: its parameters have {len(payload)} "
             f"bytes, the header says {expected}."
         )
-    if header["format_version"] == 1:  # only the parameters were checksummed
+    version = header["format_version"]
+    if version == 1:  # only the parameters were checksummed
         digest, recorded = hashlib.sha256(payload).hexdigest(), header.get("payload_sha256")
-    else:
+    elif version == 2:
         digest, recorded = _digest(header, payload), header.get("sha256")
+    else:
+        field = _DIGEST_FIELD.search(line)
+        if field is None:
+            raise InputError(
+                f"load_model: {source} is corrupted: its header does not end with its sha256 field."
+            )
+        digest = _file_digest(line[: field.start()] + b"}", payload)
+        recorded = field.group(1).decode()
     if digest != recorded:
         raise InputError(
             f"load_model: {source} is corrupted: the SHA-256 of its header and parameters is "
@@ -256,8 +278,8 @@ def _check_integrity(header: Mapping[str, Any], payload: bytes, source: str) -> 
 
 def model_from_bytes(data: bytes, *, source: str = "the data") -> AbstractPotential:
     """Load a model from the bytes of a model file (see [`eqmlip.io.load_model`][])."""
-    header, payload = _split(data, source)
-    _check_integrity(header, payload, source)
+    header, payload, line = _split(data, source)
+    _check_integrity(header, payload, line, source)
     skeleton = model_from_header(header, source=source)
     try:
         return eqx.tree_deserialise_leaves(io.BytesIO(payload), skeleton)

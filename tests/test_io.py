@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
+from eqmlip import InputError
 from eqmlip.data import Budget, make_batch, structure_graph
-from eqmlip.io import FORMAT_VERSION, load_model, read_header, save_model
+from eqmlip.io import FORMAT_VERSION, load_model, model_from_bytes, read_header, save_model
 from eqmlip.models.nequip import Nequip
 from eqmlip.potential import predict
 
@@ -56,8 +57,8 @@ def test_round_trip_gives_identical_predictions(alloy_structures, model, saved):
 def _rewrite_header(data: bytes, **changes) -> bytes:
     line, payload = data.split(b"\n", 1)
     header = json.loads(line)
-    header.update(changes)
-    return json.dumps(header).encode() + b"\n" + payload
+    header.update(changes)  # keys keep their order: sha256 stays last
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + payload
 
 
 def test_newer_format_version_is_refused(saved, tmp_path):
@@ -96,6 +97,27 @@ def test_corrupted_files_are_refused(saved, tmp_path):
         save_model(tmp_path / "bad.eqx", load_model(saved), metadata={"x": object()})
 
 
+def test_every_changed_byte_is_refused(saved):
+    """Each byte of the header changed in turn, and 300 random bytes of the parameters: every
+    change is refused, whatever it breaks (JSON, a field, a digit, the digest, a weight)."""
+    data = saved.read_bytes()
+    header_end = data.index(b"\n") + 1
+    rng = np.random.default_rng(0)
+    positions = [*range(header_end), *rng.choice(np.arange(header_end, len(data)), 300, False)]
+    assert header_end > 500  # the sweep covers a real header
+    accepted = []
+    for position in positions:
+        for mask in (0x01, 0x20):  # a digit or letter changed; a case or a space flipped
+            changed = bytearray(data)
+            changed[position] ^= mask
+            try:
+                model_from_bytes(bytes(changed), source="changed")
+            except InputError:
+                continue
+            accepted.append((position, mask))
+    assert accepted == []
+
+
 def test_format_1_files_still_load(saved, tmp_path, model):
     """Files written before the model-agnostic header (NequIP only, parameters checksummed)."""
     data = saved.read_bytes()
@@ -120,3 +142,21 @@ def test_format_1_files_still_load(saved, tmp_path, model):
     loaded = load_model(path)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(model), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_format_2_files_still_load(saved, tmp_path, model):
+    """Format 2: the digest over the re-serialised header (sorted keys), then the parameters."""
+    line, payload = saved.read_bytes().split(b"\n", 1)
+    header = {k: v for k, v in json.loads(line).items() if k != "sha256"}
+    header["format_version"] = 2
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    header["sha256"] = hashlib.sha256(canonical + b"\n" + payload).hexdigest()
+    path = tmp_path / "v2.eqx"
+    path.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+    loaded = load_model(path)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(model), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    header["cutoff"] = 5.0  # an edit is refused in format 2 as well
+    path.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+    with pytest.raises(ValueError, match="corrupted: the SHA-256"):
+        load_model(path)

@@ -145,6 +145,18 @@ class ModelConfig:
                 f"unknown key model.{unknown[0]}; valid keys of 'model' for a {name!r} model are "
                 f"{sorted((*_MODEL_KEYS, *option_keys))}."
             )
+        # The kinds of the shared keys, named as the user wrote them (model.cutoff, ...).
+        for key, kinds, expected in (
+            ("cutoff", (int, float), "a number (Å)"),
+            ("seed", (int,), "an integer"),
+            ("dtype", (str,), "float32 or float64"),
+            ("energy_scale", (int, float, str), "'auto' or a positive number"),
+        ):
+            value = values.get(key)
+            if key in values and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise ConfigError(f"model.{key} must be {expected}, got {value!r}.")
+            if key in ("cutoff", "energy_scale") and isinstance(value, int):
+                values[key] = float(value)  # YAML reads 5 as an int
         options = {k: _tuple_lists(values.pop(k)) for k in option_keys if k in values}
         try:
             built = potential.config_class(**options) if potential.config_class else None
