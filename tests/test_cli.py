@@ -1,6 +1,8 @@
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 
 import ase.md.langevin
 import jax
@@ -146,3 +148,14 @@ def test_a_script_reproduces_the_cli(tmp_path):
     assert written["model"]["energy_scale"] == pytest.approx(result.statistics.force_rms)
     assert set(written["model"]) >= {"name", "cutoff", "num_layers", "gate_nonlinearities"}
     assert set(written["train"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_the_command_starts_without_jax():
+    """`eqmlip --help` answers at once: the CLI module imports neither JAX nor the layers."""
+    code = "import sys, eqmlip.cli; print(sorted(m for m in ('jax', 'equinox', 'eqmlip.nn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "eqmlip", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "train" in help_text and "evaluate" in help_text and "md" in help_text

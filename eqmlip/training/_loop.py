@@ -264,6 +264,28 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+# XLA's backend-compile event (jax/_src/dispatch.py), counted to tell a compile from a cache hit.
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class _CompileCounter:
+    """Counts XLA compilations in this process between `start` and `stop`."""
+
+    def __init__(self):
+        self.count = 0
+
+    def _listener(self, event: str, duration_secs: float, **kwargs: str | int) -> None:
+        if event == _COMPILE_EVENT:
+            self.count += 1
+
+    def start(self) -> "_CompileCounter":
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def stop(self) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
 @dataclasses.dataclass
 class _Report:
     """Progress lines on stdout for a run without a progress bar (stderr not a terminal), and
@@ -283,9 +305,10 @@ class _Report:
         elif self.enabled:
             bar.set_description_str(f"{bar.desc} (compiling)")
 
-    def compiled(self, bar: Any, seconds: float) -> None:
+    def compiled(self, bar: Any, seconds: float, compiled: bool) -> None:
         if self.lines:
-            self.line(f"compiled in {seconds:.1f} s")
+            what = "compiled" if compiled else "found already compiled"
+            self.line(f"{what} in {seconds:.1f} s")
         elif self.enabled:
             bar.set_description_str(bar.desc.removesuffix(" (compiling)"))
 
@@ -415,6 +438,7 @@ def train(
     disable_bar = config.quiet or not sys.stderr.isatty() or not main
     report = _Report(enabled=main and not config.quiet, lines=disable_bar)
     compiled_shapes: set[tuple[int, int, int]] = set()
+    compile_counter = _CompileCounter().start()
     eval_loader = valid_loader if valid_loader is not None else train_loader
     # Without a validation set the EMA model is evaluated on the training set: say so.
     eval_name = "valid" if valid_loader is not None else "train"
@@ -457,10 +481,11 @@ def train(
                 if compiling:
                     compiled_shapes.add(shape)
                     report.compiling(bar, batch.graph)
-                tic = time.perf_counter()
+                tic, compiles = time.perf_counter(), compile_counter.count
                 state, value, terms = step_fn(state, batch, optimizer, loss, config.ema_decay)
                 if compiling:  # jit traces and compiles inside the call, before dispatching
-                    report.compiled(bar, time.perf_counter() - tic)
+                    seconds = time.perf_counter() - tic
+                    report.compiled(bar, seconds, compile_counter.count > compiles)
                 progress.batch += 1
                 progress.step += 1
                 device_terms.append((value, terms))
@@ -539,6 +564,8 @@ def train(
     except KeyboardInterrupt:
         checkpoint()  # the state only changes between steps, so this is a consistent point
         raise
+    finally:
+        compile_counter.stop()
     return TrainResult(
         model=best_model if valid_loader is not None else state.ema_model,
         state=state,

@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from typing import Any
 
 import equinox as eqx
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eqmlip import InputError
 from eqmlip.data import Budget, make_batch, structure_graph
 from eqmlip.io import load_model
 from eqmlip.training import (
@@ -177,11 +179,28 @@ def test_resume_after_an_epochs_last_step(alloy_structures, model, tmp_path, mon
     assert logged["train_loss"] == "" and float(logged["valid_loss"]) > 0
 
     # Training longer than first planned is allowed on resume, and says where it resumes.
+    capsys.readouterr()
     longer = train(
-        model, loader(train_set), None, config.replace(epochs=2, quiet=False), resume=True
+        model,
+        loader(train_set),
+        None,
+        config.replace(epochs=2, quiet=False, progress_every=2),
+        resume=True,
     )
     assert (longer.progress.epoch, longer.progress.step) == (2, 6)
-    assert "resuming at epoch 2, step 3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming at epoch 2, step 3" in out
+    # stderr is not a terminal here: compile notices and a line every progress_every steps.
+    lines = out.splitlines()
+    notice = lines.index(
+        "compiling the training step for a batch of 33 nodes, 600 edges, 5 graphs..."
+    )
+    # A longer schedule is a new optimizer, so this may compile again; either way it says so.
+    assert re.fullmatch(r"(compiled|found already compiled) in \d+\.\d s", lines[notice + 1])
+    assert [line.split(",")[0] for line in lines if line.startswith("epoch 2/2:")] == [
+        "epoch 2/2: batch 1/3",  # step 4
+        "epoch 2/2: batch 3/3",  # step 6
+    ]
     assert longer.history[-1]["train_loss"] > 0
 
     with pytest.raises(ValueError, match="no checkpoint"):
@@ -191,4 +210,20 @@ def test_resume_after_an_epochs_last_step(alloy_structures, model, tmp_path, mon
             None,
             config.replace(log_dir=str(tmp_path / "new")),
             resume=True,
+        )
+
+
+def test_unknown_elements_are_refused_before_compiling(alloy_structures, model):
+    numbers = np.array(alloy_structures[1].atomic_numbers)
+    numbers[3] = 47  # silver, which the Cu-Au model has no embedding for
+    silver = alloy_structures[1].replace(atomic_numbers=numbers)
+    message = r"structure 1: element Ag \(Z=47, atom 3\) is not among the species of the model"
+    with pytest.raises(InputError, match="loader, " + message):
+        evaluate(model, loader([alloy_structures[0], silver]))
+    with pytest.raises(InputError, match="valid_loader, " + message):
+        train(
+            model,
+            loader(alloy_structures[:4]),
+            loader([alloy_structures[0], silver]),
+            TrainConfig(**FAST),
         )
