@@ -24,10 +24,13 @@ _FROM_GRAPH = ("Graph", "batch_graphs", "pad_graph", "species_index")
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _FROM_GRAPH:
-        return getattr(importlib.import_module(".graph", __name__), name)
-    raise AttributeError(f"module 'eqmlip' has no attribute {name!r}")
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _FROM_GRAPH:
+        value = getattr(importlib.import_module(".graph", __name__), name)
+    else:
+        raise AttributeError(f"module 'eqmlip' has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
 
 
 def __dir__() -> list[str]:
