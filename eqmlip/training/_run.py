@@ -407,6 +407,10 @@ def run(config: RunConfig | None = None, *, model: AbstractPotential | None = No
     config = RunConfig.from_dict({}) if config is None else config
     if not isinstance(config, RunConfig):
         raise TypeError(f"run: config must be a RunConfig, got {type(config).__name__}.")
+    if model is not None and not isinstance(model, AbstractPotential):
+        raise TypeError(
+            f"run: model must be an eqmlip.models.AbstractPotential, got {type(model).__name__}."
+        )
     os.makedirs(config.output_dir, exist_ok=True)
     if config.data.train is None:
         print(
@@ -443,14 +447,11 @@ def run(config: RunConfig | None = None, *, model: AbstractPotential | None = No
             check_known_species(
                 sets[key], stats.species, what=where[key], known="the training data", item=item[key]
             )
+    user_model = model is not None
     if model is None:
         # The written config.yaml records the scale used, so the run repeats from it alone.
         config = dataclasses.replace(config, model=resolve_energy_scale(config.model, stats))
         model = build_model(config.model, stats)
-    elif not isinstance(model, AbstractPotential):
-        raise TypeError(
-            f"run: model must be an eqmlip.models.AbstractPotential, got {type(model).__name__}."
-        )
     num_params = sum(x.size for x in jax.tree.leaves(model) if hasattr(x, "size"))
     print(f"model: {potential_name(model)}, {num_params} parameters", flush=True)
 
@@ -481,8 +482,15 @@ def run(config: RunConfig | None = None, *, model: AbstractPotential | None = No
         "steps": result.progress.step,
     }
     save_model(model_path, result.model, metadata=summary)
+    written = json.loads(json.dumps(config.to_dict()))
     with open(os.path.join(config.output_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(json.loads(json.dumps(config.to_dict())), f, sort_keys=False)
+        if user_model:  # config.model was not used: do not let the file claim it was
+            del written["model"]
+            f.write(
+                f"# model: not built from a config; a {potential_name(model)!r} potential was "
+                "passed to eqmlip.training.run (its hyperparameters are in model.eqx's header).\n"
+            )
+        yaml.safe_dump(written, f, sort_keys=False)
     summary["wall_time_s"] = time.perf_counter() - start
     with open(os.path.join(config.output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

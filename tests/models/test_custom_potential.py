@@ -4,6 +4,7 @@ calculator and by `eqmlip evaluate`, with no change to eqmlip."""
 
 import json
 import math
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+import yaml
 from jaxtyping import Array, Float
 
 import eqmlip
@@ -109,6 +111,11 @@ def test_trains_saves_loads_and_evaluates(trained):
     assert not np.allclose(result.model.pair_weights, initial.pair_weights)
     assert np.array_equal(result.model.atomic_energies, initial.atomic_energies)
     assert trainable(initial).atomic_energies is False
+
+    # The written config does not claim the default NequIP section trained this model.
+    written = (Path(result.model_path).parent / "config.yaml").read_text()
+    assert written.startswith("# model: not built from a config; a 'test-pair' potential")
+    assert "model" not in yaml.safe_load(written) and "train" in yaml.safe_load(written)
 
     header = read_header(result.model_path)
     assert header["model"] == "test-pair"
