@@ -80,7 +80,7 @@ def species_index(
     then turns the energy into NaN). When the values are known (outside `jax.jit`) it raises
     a `ValueError` naming the first unknown element; under `jax.jit` it checks with
     `equinox.error_if`, so an unknown element raises at run time (an `EquinoxRuntimeError`)
-    naming it.
+    naming it (the largest unknown atomic number).
 
     **Arguments:**
 
@@ -111,10 +111,15 @@ def species_index(
                 f"species_index: {_element(first)} is not among the model's species ({known})."
             )
     else:
-        first = jnp.argmax(bad)
+        # Reductions only, and the error threaded through a scalar: with the nodes sharded
+        # (graph parallelism), reading `z[argmax(bad)]` or checking on `index` itself pins it
+        # to one device (XLA's "Involuntary full rematerialization" copy), and with an
+        # unknown element the devices then waited on each other until XLA aborted.
+        code = jnp.where(in_range, z, _MAX_Z + 1)
         # One message per atomic number (the last one for anything outside 0..118), so that
-        # the error names the element even under jit, where messages must be static.
-        branch = jnp.where(in_range[first], z[first], _MAX_Z + 1)
+        # the error names the (largest) unknown element even under jit, where messages must
+        # be static.
+        branch = jnp.max(jnp.where(bad, code, -1))
         messages = tuple(
             f"species_index: {_element(k)} is not among the model's species ({known})."
             for k in range(_MAX_Z + 1)
@@ -122,5 +127,6 @@ def species_index(
             f"species_index: an atomic number outside 0..{_MAX_Z} is not among the model's "
             f"species ({known}).",
         )
-        index = eqx.branched_error_if(index, bad, branch, messages)
+        zero = jnp.zeros((), jnp.int32)
+        index = index + eqx.branched_error_if(zero, branch >= 0, jnp.maximum(branch, 0), messages)
     return jnp.where(valid, index, 0).astype(jnp.int32)

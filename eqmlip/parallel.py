@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .graph import _FIELDS, Graph, pad_graph
+from .graph import _FIELDS, Graph, pad_graph, species_index
 from .potential import Prediction, predict
 from .training._parallel import make_mesh as make_mesh
 
@@ -95,10 +95,17 @@ def sharded_predict(
 
     **Returns:** a [`eqmlip.potential.Prediction`][] for the graphs and nodes of `graph`
     (the padding added for sharding removed).
+
+    **Raises:** `ValueError` naming the first element of `graph` that is not among
+    `model.species`, before anything is sharded or compiled.
     """
     if mesh is None:
         mesh = make_mesh()
-    sharded = shard_graph(graph, mesh)
+    # Species are checked on the host, before sharding: an error raised inside the sharded
+    # program stops one device while the others wait for it, and XLA then aborts the process.
+    host = jax.tree.map(np.asarray, graph)
+    species_index(host.atomic_numbers, model.species, host.node_mask)
+    sharded = shard_graph(host, mesh)
     params = jax.device_put(eqx.filter(model, eqx.is_array), NamedSharding(mesh, PartitionSpec()))
     model = eqx.combine(params, eqx.filter(model, eqx.is_array, inverse=True))
     out = _predict(model, sharded, forces, stress)

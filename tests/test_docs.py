@@ -1,9 +1,12 @@
 """Every Python block in README.md and docs/*.md runs as written; every public name is in the API
-reference."""
+reference; the site renders maths offline."""
 
 import importlib
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import types
 
 import jax
@@ -88,3 +91,30 @@ def test_every_public_class_and_function_is_in_the_api_reference():
             if id(obj) not in documented:
                 missing.append(f"{module_name}.{name}")
     assert not missing, f"public names missing from docs/api/*.md: {missing}"
+
+
+def test_maths_renders_offline(tmp_path):
+    """MathJax is served by the site itself: neither mkdocs.yml nor any built page loads a
+    script from another host, and every page with maths loads the vendored MathJax."""
+    pytest.importorskip("mkdocs", reason="the docs extra builds the site")
+    config = (ROOT / "mkdocs.yml").read_text()
+    (listed,) = re.findall(r"^extra_javascript:\n((?:  - .*\n)+)", config, re.M)
+    scripts = re.findall(r"^  - (\S+)$", listed, re.M)
+    assert "assets/mathjax/tex-svg.js" in scripts
+    for script in scripts:
+        assert not re.match(r"(https?:)?//", script), script
+        assert (ROOT / "docs" / script).is_file(), script
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet"]
+    subprocess.run([*command, "--site-dir", str(tmp_path)], cwd=ROOT, env=env, check=True)
+    pages_with_maths = 0
+    for page in tmp_path.rglob("*.html"):
+        html = page.read_text()
+        sources = re.findall(r"<script[^>]*\bsrc=\"([^\"]+)\"", html)
+        remote = [s for s in sources if re.match(r"(https?:)?//", s)]
+        assert not remote, (page, remote)
+        if 'class="arithmatex"' in html:
+            pages_with_maths += 1
+            local = [(page.parent / s).resolve() for s in sources if s.endswith("tex-svg.js")]
+            assert local and local[0].is_file(), page
+    assert pages_with_maths >= 3

@@ -100,6 +100,11 @@ def fused_matrix_degree(max_degree1: int, max_degree2: int, max_degree3: int) ->
     return math.ceil(max(max_degree1, max_degree2, max_degree3) / 2)
 
 
+def _fold_batch(x: Array, batch: tuple[int, ...]) -> Array:
+    """`x` broadcast to the batch axes `batch`, which are then folded into one axis."""
+    return jnp.broadcast_to(x, (*batch, *x.shape[-3:])).reshape(-1, *x.shape[-3:])
+
+
 def e3x_tensor(
     x1: Float[Array, "*batch p1 d1 f"],
     x2: Float[Array, "*batch p2 d2 f"],
@@ -149,6 +154,17 @@ def e3x_tensor(
         )
     l3max = kl3 - 1
     check_tensor_degrees("e3x_tensor", l1max, l2max, l3max)
+    batch = jnp.broadcast_shapes(x1.shape[:-3], x2.shape[:-3])
+    if len(batch) > 1:
+        # One batch axis: see `e3x_fused_tensor`.
+        z = e3x_tensor(
+            _fold_batch(x1, batch),
+            _fold_batch(x2, batch),
+            kernel,
+            cartesian_order=cartesian_order,
+            precision=precision,
+        )
+        return z.reshape(*batch, *z.shape[1:])
     dtype = x1.dtype
     mask = tensor_kernel_mask(p1, l1max, p2, l2max, p3, l3max)
     cg = clebsch_gordan(l1max, l2max, l3max, cartesian_order=cartesian_order)
@@ -228,6 +244,21 @@ def e3x_fused_tensor(
             f"{x2.shape}."
         )
     check_tensor_degrees("e3x_fused_tensor", l1max, l2max, l3max)
+    batch = jnp.broadcast_shapes(x1.shape[:-3], x2.shape[:-3])
+    if len(batch) > 1:
+        # Jitted, XLA's shape verifier rejects some of these batched matrix products when
+        # they have two or more leading batch axes (e3x's FusedTensor fails on inputs of
+        # shapes (2, 2, 1, 4, 3) and (2, 2, 1, 1, 3)); with the batch folded into one axis
+        # they compile, and each row's sums are the same.
+        z = e3x_fused_tensor(
+            _fold_batch(x1, batch),
+            _fold_batch(x2, batch),
+            kernels,
+            include_pseudotensors=include_pseudotensors,
+            cartesian_order=cartesian_order,
+            precision=precision,
+        )
+        return z.reshape(*batch, *z.shape[1:])
     p3 = tensor_num_parity(p1, l1max, p2, l2max, l3max, include_pseudotensors)
     dtype = x1.dtype
     k = fused_matrix_degree(l1max, l2max, l3max)
@@ -272,7 +303,6 @@ def e3x_fused_tensor(
     even_terms = [(product(e1, e2), kernels.eee), (product(o1, o2), kernels.ooe)]
     odd_terms = [(product(e1, o2), kernels.eoo), (product(o1, e2), kernels.oeo)]
     all_degrees = np.ones((l3max + 1) ** 2)
-    batch = jnp.broadcast_shapes(x1.shape[:-3], x2.shape[:-3])
 
     def to_vector(terms: list, select: np.ndarray) -> Array | None:
         total = None

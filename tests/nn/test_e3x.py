@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from eqmlip import ops, testing
-from eqmlip.nn import Dense, FusedTensor, Tensor
+from eqmlip.nn import Dense, FusedTensor, MessagePass, Tensor
+
+from . import _e3x_graph as graph
 
 K = jr.PRNGKey
 
@@ -353,3 +355,81 @@ def test_output_shape_rules():
     assert tensor(
         num_parity1=1, max_degree1=1, num_parity2=1, max_degree2=2, max_degree=3
     ).kernel.shape == (1, 2, 1, 3, 2, 4, 2)
+
+
+# ------------------------------------------------------------------------------------------
+# Leading batch axes: every e3x-family module, jitted against eager and against its rows
+
+# No batch axis, one, and the two or more with which XLA's shape verifier rejected the jitted
+# contractions of FusedTensor (e3x's own FusedTensor still fails there).
+BATCH_SHAPES = [(), (3,), (2, 2), (2, 3, 2)]
+# One configuration of each e3x-family class; the fused ones take P=1 inputs, as the failing
+# case did, and the graph ones feed batched edges to both kinds of tensor product.
+FAMILY = [
+    "dense-P2",
+    "tensor-P21",
+    "fused-P11-pseudo-below",
+    "message-fused-no-pseudo",
+    "self-attention-fused",
+    "cross-attention",
+]
+# Eager calls compile every operation once per shape (tens of seconds per shape for the
+# graph modules), so those run eagerly on the failing case's batch shape only; every shape
+# is still checked against the rows computed one at a time.
+EAGER_SHAPES = {name: BATCH_SHAPES if name in MODULES else [(2, 2)] for name in FAMILY}
+
+
+def _family_module(name):
+    return _module(name, False) if name in MODULES else graph._module(name, False)
+
+
+def _batched_arguments(name, batch):
+    """Positional and keyword arguments of module `name` with leading batch axes `batch`."""
+    rng = np.random.default_rng(len(name) + len(batch))
+
+    def draw(*shape):
+        return jnp.asarray(rng.standard_normal((*batch, *shape)), jnp.float32)
+
+    if name in MODULES:
+        _, _, shapes = MODULES[name]
+        return tuple(draw(p, (lmax + 1) ** 2, f) for p, lmax, f in shapes), {}
+    cls, _, shapes, form = graph.MODULES[name]
+    model = _family_module(name)
+    features = tuple(draw(graph.N, p, (lmax + 1) ** 2, f) for p, lmax, f in shapes)
+    if form == "dense":
+        plain = dict(adj_idx=graph.ADJ)
+    else:
+        plain = dict(dst_idx=graph.DST, src_idx=graph.SRC)
+    indices = {
+        key: jnp.asarray(np.broadcast_to(value, (*batch, *value.shape)), jnp.int32)
+        for key, value in plain.items()
+    }
+    index_shape = next(iter(plain.values())).shape
+    basis = draw(*index_shape, 1, (model.filter.max_degree + 1) ** 2, graph.NUM_BASIS)
+    if cls is MessagePass:
+        return (*features, basis), indices
+    cutoff = jnp.asarray(rng.uniform(0.0, 1.0, (*batch, *index_shape)), jnp.float32)
+    return (*features, basis, cutoff), indices
+
+
+@eqx.filter_jit
+def _apply_with(model, args, kwargs):
+    return model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_batch_axes_jitted_equals_eager_and_rows(name):
+    """Jitted, the modules take 0 to 3 leading batch axes; the output equals the eager one
+    (see `EAGER_SHAPES`) and each batch row equals the module applied to that row alone."""
+    model = _family_module(name)
+    for batch in BATCH_SHAPES:
+        args, kwargs = _batched_arguments(name, batch)
+        jitted = _apply_with(model, args, kwargs)
+        assert jitted.shape[: len(batch)] == batch
+        if batch in EAGER_SHAPES[name]:
+            _assert_close(jitted, model(*args, **kwargs), jnp.float32)
+        # Rows are cut on the host: indexing a JAX array eagerly compiles per index.
+        host = jax.tree.map(np.asarray, (jitted, args, kwargs))
+        for row in np.ndindex(*batch):
+            alone = _apply_with(model, *jax.tree.map(lambda a, r=row: jnp.asarray(a[r]), host[1:]))
+            _assert_close(host[0][row], alone, jnp.float32)

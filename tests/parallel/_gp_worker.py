@@ -1,7 +1,8 @@
 """Graph-parallel worker: run with XLA_FLAGS=--xla_force_host_platform_device_count=4.
 
 Energy and forces of one periodic Cu crystal (2048 atoms) with its nodes and edges sharded
-over 4 devices, against the unsharded computation on one device; prints `RESULT {json}`.
+over 4 devices, against the unsharded computation on one device, and the error for an
+unknown element; prints `RESULT {json}` (the test also reads XLA's log lines).
 """
 
 from typing import Any
@@ -53,6 +54,12 @@ def main() -> None:
     out["forces_max"] = float(np.max(np.abs(np.asarray(ref.forces))))
     out["stress_abs"] = float(np.max(np.abs(np.asarray(par.stress) - np.asarray(ref.stress))))
     out["shapes"] = [list(par.forces.shape), list(par.energy.shape)]
+    # An element the model does not know is refused before anything is sharded.
+    atoms.numbers[5] = 79
+    try:
+        sharded_predict(model, Graph.from_atoms(atoms, CUTOFF), mesh)
+    except ValueError as error:
+        out["unknown_species_error"] = str(error)
     _common.report(out)
 
 

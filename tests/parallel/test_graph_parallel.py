@@ -23,3 +23,17 @@ def test_energy_forces_stress_match_one_device(result):
     assert result["forces_max"] > 1e-3  # rattled: forces are not zero by symmetry
     assert result["forces_abs"] <= 1e-5
     assert result["stress_abs"] <= 1e-5
+
+
+def test_no_copy_to_one_device(jobs, result):
+    """No array is pinned to one device and copied back (XLA logs this as a warning): the
+    species check used to do it on every call."""
+    (output,) = jobs["gp"].outputs
+    assert "RESULT " in output
+    assert "Involuntary full rematerialization" not in output
+
+
+def test_unknown_species_is_refused(result):
+    assert result["unknown_species_error"] == (
+        "species_index: element Au (Z=79) is not among the model's species (Cu)."
+    )
