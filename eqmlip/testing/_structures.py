@@ -14,6 +14,23 @@ from jaxtyping import Float, Int
 from ..graph import Graph, check_species, neighbour_list
 from ._strategies import rotations
 
+
+class DrawnAtoms(ase.Atoms):
+    """`ase.Atoms` whose repr is the full structure, so that a failing example reproduces.
+
+    Hypothesis prints failing examples with `repr`; ASE's own repr omits the positions.
+    """
+
+    def __repr__(self) -> str:
+        def listed(x: np.ndarray) -> str:
+            return repr(np.asarray(x).tolist())
+
+        return (
+            f"ase.Atoms(numbers={listed(self.numbers)}, positions={listed(self.positions)}, "
+            f"cell={listed(self.cell.array)}, pbc={listed(self.pbc)})"
+        )
+
+
 # Helpers called while Hypothesis draws take NumPy arrays and scalars only: the runtime type
 # checker samples the items of variadic container hints with `random`, which Hypothesis forbids
 # there.
@@ -56,7 +73,7 @@ def _molecule(
     if rotate:
         positions = positions @ draw(rotations()).T
     numbers = draw(st.lists(st.sampled_from(species), min_size=n, max_size=n))
-    return ase.Atoms(numbers=numbers, positions=positions)
+    return DrawnAtoms(numbers=numbers, positions=positions)
 
 
 def molecules(
@@ -82,7 +99,8 @@ def molecules(
     - `min_distance`: smallest distance between two atoms (Å).
     - `rotate`: apply a random rotation (drawn by [`eqmlip.testing.rotations`][]).
 
-    **Returns:** a `SearchStrategy[ase.Atoms]`.
+    **Returns:** a `SearchStrategy[ase.Atoms]` (a subclass whose `repr`, which Hypothesis
+    prints for a failing example, lists numbers, positions, cell and pbc in full).
 
     **Example:**
 
@@ -91,6 +109,7 @@ def molecules(
     import numpy as np
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.molecules(species=(1, 8), max_atoms=4))
     def test_atoms_are_apart(atoms):
         d = atoms.get_all_distances()
@@ -169,7 +188,7 @@ def _crystal(
         factor = 1.001 * min_distance / closest
         cell, positions = cell * factor, positions * factor
     numbers = draw(st.lists(st.sampled_from(species), min_size=n, max_size=n))
-    return ase.Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+    return DrawnAtoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
 
 
 def crystals(
@@ -201,7 +220,8 @@ def crystals(
     - `triclinic`: draw angles other than 90 degrees.
     - `pbc`: periodicity along each lattice vector (e.g. `(True, True, False)` for slabs).
 
-    **Returns:** a `SearchStrategy[ase.Atoms]`.
+    **Returns:** a `SearchStrategy[ase.Atoms]` (a subclass whose `repr`, which Hypothesis
+    prints for a failing example, lists numbers, positions, cell and pbc in full).
 
     **Example:**
 
@@ -209,6 +229,7 @@ def crystals(
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.crystals(max_atoms=2))
     def test_cell_has_volume(atoms):
         assert atoms.get_volume() > 0
@@ -259,6 +280,7 @@ def graphs(
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.graphs(testing.crystals(max_atoms=2), cutoff=3.0))
     def test_edges_come_in_pairs(graph):
         assert graph.num_edges % 2 == 0
