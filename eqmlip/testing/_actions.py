@@ -273,9 +273,9 @@ def _check_float(name: str, x: Any, action: _Action, caller: str) -> np.dtype:
             f"{caller}: {name} ({describe(x)}) is declared {action.describe()}, but only real "
             "floating arrays can be transformed; declare it 'invariant' if it is."
         )
-    if dtype == np.float64 and isinstance(x, jax.Array) and not _x64_enabled():
+    if dtype == np.float64 and not _x64_enabled():
         raise ValueError(
-            f"{caller}: {name} is a float64 JAX array but jax_enable_x64 is off, so fn would "
+            f"{caller}: {name} is float64 but jax_enable_x64 is off, so a JAX fn would "
             "compute in float32 and a float64-only error would pass; call the assertion "
             "inside `with jax.enable_x64(True):` (or pass float32 inputs)."
         )

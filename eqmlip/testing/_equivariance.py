@@ -67,7 +67,7 @@ class _LeafComparison:
     dtype: np.dtype
 
     def abs_error(self) -> np.ndarray:
-        return np.abs(self.actual - self.expected)
+        return np.asarray(np.abs(self.actual - self.expected))  # an array for 0-d leaves too
 
 
 def _as_float64(name: str, x: Any) -> np.ndarray:

@@ -16,7 +16,8 @@ def hypothesis_settings(*, max_examples: int = 20, derandomize: bool = True, **k
     settings switch the deadline off, bound the examples, draw the same examples on every run
     (`derandomize`, so a failure reproduces) and print the blob that replays a failure
     (`@hypothesis.reproduce_failure`). The `too_slow` health check is suppressed (the first
-    example's compile makes it fire).
+    example's compile makes it fire), and the `explain` phase is skipped: it reruns a failing
+    example under a line tracer, which makes JAX's tracing and dispatch minutes slower.
 
     Importing `eqmlip.testing` registers two profiles built by this function: `"eqmlip"`
     (these defaults) and `"eqmlip-thorough"` (200 random examples): select one with
@@ -53,6 +54,7 @@ def hypothesis_settings(*, max_examples: int = 20, derandomize: bool = True, **k
         "derandomize": derandomize,
         "print_blob": True,
         "suppress_health_check": [hypothesis.HealthCheck.too_slow],
+        "phases": [p for p in hypothesis.Phase if p is not hypothesis.Phase.explain],
     }
     options.update(kwargs)
     return hypothesis.settings(**options)

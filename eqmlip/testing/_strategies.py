@@ -149,8 +149,10 @@ def irreps_arrays(
     """A strategy for `e3nn.IrrepsArray`s with finite values.
 
     Every component is a finite float in `[-max_value, max_value]`: no NaN, no infinity and
-    no subnormals, exactly representable in `dtype`. Values shrink towards zero. The array is
-    a JAX array of shape `leading_shape + (irreps.dim,)` and exactly the requested `dtype`.
+    no subnormals, exactly representable in `dtype`. Values shrink towards zero, and many
+    drawn arrays are sparse (most components exactly zero: vectors along a coordinate axis).
+    The array is a JAX array of shape `leading_shape + (irreps.dim,)` and exactly the requested
+    `dtype`.
     Drawing float64 raises `ValueError` unless `jax_enable_x64` is on at the draw (JAX would
     otherwise compute in float32 and hide float64-only errors): enable it for the whole test.
 
@@ -197,7 +199,9 @@ def irreps_arrays(
 
     def for_irreps(ir: e3nn.Irreps | str) -> SearchStrategy[e3nn.IrrepsArray]:
         ir = e3nn.Irreps(ir)
-        arrays = hnp.arrays(dtype, leading_shape + (ir.dim,), elements=elements)
+        # Zero fill: Hypothesis then draws sparse arrays too, such as vectors along an axis,
+        # where code built on angles or divisions breaks.
+        arrays = hnp.arrays(dtype, leading_shape + (ir.dim,), elements=elements, fill=st.just(0.0))
         return arrays.map(functools.partial(_irreps_array, ir))
 
     if isinstance(irreps, SearchStrategy):
