@@ -27,9 +27,9 @@ class _Structure:
 
 @dataclasses.dataclass(frozen=True)
 class _Outputs:
-    energy: np.ndarray
-    forces: np.ndarray
-    stress: np.ndarray | None
+    energy: Float[np.ndarray, ""]
+    forces: Float[np.ndarray, "n 3"]
+    stress: Float[np.ndarray, "3 3"] | None
     dtypes: dict
 
 
@@ -64,7 +64,7 @@ def _evaluate(fn: PotentialFn, s: _Structure) -> _Outputs:
     dtypes = {
         k: v.dtype for k, v in zip(_OUTPUTS, (energy, forces, stress), strict=True) if v is not None
     }
-    as64 = lambda v: None if v is None else v.astype(np.float64)  # noqa: E731
+    as64 = lambda v: None if v is None else np.asarray(v, np.float64)  # noqa: E731
     return _Outputs(as64(energy), as64(forces), as64(stress), dtypes)  # type: ignore[arg-type]
 
 
@@ -287,7 +287,7 @@ def assert_potential_symmetries(
         k = math.prod(reps)
         expected = dataclasses.replace(
             reference,
-            energy=k * reference.energy,
+            energy=np.asarray(k * reference.energy),
             forces=np.tile(reference.forces, (k, 1)),
         )
         check("supercell", f"repeat {reps}", big, expected)
