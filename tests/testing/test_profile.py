@@ -6,6 +6,7 @@ import re
 import time
 
 import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 from eqmlip import testing
@@ -34,7 +35,7 @@ def test_the_profile_runs_a_compiling_first_example():
     calls = []
 
     @testing.hypothesis_settings(max_examples=2)
-    @hypothesis.given(hypothesis.strategies.integers())
+    @hypothesis.given(st.integers())
     def slow_first(i):
         if not calls:
             time.sleep(0.3)
@@ -53,14 +54,14 @@ def _docstring_examples():
             name = f"{getattr(obj, '__name__', 'testing')}-{i}"
             if name not in seen:
                 seen.add(name)
-                yield pytest.param(block, id=name)
+                yield name, block
 
 
-EXAMPLES = list(_docstring_examples())
+EXAMPLES = dict(_docstring_examples())
 
 
 def test_every_public_function_with_hypothesis_has_an_example():
-    names = {p.id.rsplit("-", 1)[0] for p in EXAMPLES}
+    names = {name.rsplit("-", 1)[0] for name in EXAMPLES}
     expected = {
         "eqmlip.testing",
         "assert_equivariant",
@@ -76,7 +77,7 @@ def test_every_public_function_with_hypothesis_has_an_example():
     assert expected <= names
 
 
-@pytest.mark.parametrize("source", EXAMPLES)
+@pytest.mark.parametrize("source", EXAMPLES.values(), ids=EXAMPLES.keys())
 def test_docstring_example_runs_under_hypothesis_defaults(source):
     current = getattr(hypothesis.settings, "_current_profile", None) or "ci"
     hypothesis.settings.load_profile("default")
