@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from ._equivariance import _check_matrix, _check_translation, default_tolerance
+from ._structures import pad_to_bucket
 
 PotentialFn = Callable[..., Any]
 Tolerance = float | int | Mapping[str, float] | None
@@ -318,7 +319,7 @@ def potential_function(model: Any, *, node_multiple: int = 8, edge_multiple: int
     # Imported here: `import eqmlip.testing` stays free of the potential machinery.
     import equinox as eqx
 
-    from ..graph import Graph, pad_graph
+    from ..graph import Graph
     from ..models import AbstractPotential
     from ..potential import predict
 
@@ -329,15 +330,10 @@ def potential_function(model: Any, *, node_multiple: int = 8, edge_multiple: int
         )
     jitted = eqx.filter_jit(predict)
 
-    def bucket(size: int, smallest: int) -> int:
-        return smallest * 2 ** max(0, math.ceil(math.log2(max(size, 1) / smallest)))
-
     def fn(positions: Any, numbers: Any, cell: Any, pbc: Any) -> tuple:
         atoms = ase.Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
         graph = Graph.from_atoms(atoms, float(model.cutoff))
-        nodes = bucket(len(atoms) + 1, node_multiple)
-        edges = bucket(int(graph.senders.shape[0]) + 1, edge_multiple)
-        out = jitted(model, pad_graph(graph, nodes, edges, 2))
+        out = jitted(model, pad_to_bucket(graph, node_multiple, edge_multiple))
         stress = None if out.stress is None else out.stress[0]
         return out.energy[0], out.forces[: len(atoms)] if out.forces is not None else None, stress
 

@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis.strategies import SearchStrategy
 from jaxtyping import Float, Int
 
-from ..graph import Graph, check_species, neighbour_list
+from ..graph import Graph, check_species, neighbour_list, pad_graph
 from ._strategies import rotations
 
 
@@ -254,12 +254,29 @@ def crystals(
     )
 
 
-def _graph_of(cutoff: float, dataset_idx: int, atoms: ase.Atoms) -> Graph:
-    return Graph.from_atoms(atoms, cutoff, dataset_idx=dataset_idx)
+def bucket(size: int, smallest: int) -> int:
+    """The smallest `smallest * 2**k` (k >= 0) that is at least `size`."""
+    return smallest * 2 ** max(0, math.ceil(math.log2(max(size, 1) / smallest)))
+
+
+def pad_to_bucket(graph: Graph, node_multiple: int, edge_multiple: int) -> Graph:
+    """`graph` padded to bucketed sizes (room for one padding node and graph), see `graphs`."""
+    nodes = bucket(int(graph.positions.shape[0]) + 1, node_multiple)
+    edges = bucket(int(graph.senders.shape[0]) + 1, edge_multiple)
+    return pad_graph(graph, nodes, edges, int(graph.cell.shape[0]) + 1)
+
+
+def _graph_of(cutoff: float, dataset_idx: int, buckets: Any, atoms: ase.Atoms) -> Graph:
+    graph = Graph.from_atoms(atoms, cutoff, dataset_idx=dataset_idx)
+    return graph if buckets is None else pad_to_bucket(graph, *buckets)
 
 
 def graphs(
-    structures: SearchStrategy[ase.Atoms], cutoff: float, *, dataset_idx: int = 0
+    structures: SearchStrategy[ase.Atoms],
+    cutoff: float,
+    *,
+    dataset_idx: int = 0,
+    buckets: tuple[int, int] | None = None,
 ) -> SearchStrategy[Graph]:
     """A strategy for [`eqmlip.Graph`][]s: the graphs of drawn structures.
 
@@ -269,10 +286,16 @@ def graphs(
         [`eqmlip.testing.crystals`][].
     - `cutoff`: neighbour cutoff radius (Å), positive.
     - `dataset_idx`: the dataset index stored in each graph.
+    - `buckets`: `None` for unpadded graphs, or `(node_multiple, edge_multiple)`: pad every
+        graph with [`eqmlip.pad_graph`][] to `node_multiple * 2**k` nodes and `edge_multiple *
+        2**k'` edges (the smallest that leave room for a padding node and edge) and one padding
+        graph, so that the drawn graphs share a few shapes, hence a few compilations of a jitted
+        model, instead of one per example.
 
-    **Returns:** a `SearchStrategy[Graph]` of unpadded single-structure graphs, in JAX's
-    default precision while Hypothesis draws (float32 unless `jax_enable_x64` is on then).
-    Batch and pad them with [`eqmlip.batch_graphs`][] and [`eqmlip.pad_graph`][].
+    **Returns:** a `SearchStrategy[Graph]` of single-structure graphs (padded with `buckets`),
+    in JAX's default precision while Hypothesis draws (float32 unless `jax_enable_x64` is on
+    then). Batch and pad them yourself with [`eqmlip.batch_graphs`][] and
+    [`eqmlip.pad_graph`][].
 
     **Example:**
 
@@ -292,4 +315,11 @@ def graphs(
         )
     if not (math.isfinite(cutoff) and cutoff > 0):
         raise ValueError(f"graphs: cutoff must be positive and finite, got {cutoff}.")
-    return structures.map(functools.partial(_graph_of, float(cutoff), int(dataset_idx)))
+    if buckets is not None:
+        if len(buckets) != 2 or min(int(b) for b in buckets) < 1:
+            raise ValueError(
+                "graphs: buckets must be (node_multiple, edge_multiple), two positive ints, "
+                f"got {buckets!r}."
+            )
+        buckets = (int(buckets[0]), int(buckets[1]))
+    return structures.map(functools.partial(_graph_of, float(cutoff), int(dataset_idx), buckets))
