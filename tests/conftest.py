@@ -3,6 +3,7 @@ import jax
 import jax.random as jr
 import pytest
 
+from eqmlip import testing
 from eqmlip.data import emt_alloy_dataset
 
 from .helpers import tiny_model
@@ -11,19 +12,10 @@ from .helpers import tiny_model
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_debug_nans", True)
 
+# The library's settings (no deadline, no explain phase, derandomised), with fewer examples.
+hypothesis.settings.register_profile("ci", testing.hypothesis_settings(max_examples=10))
 hypothesis.settings.register_profile(
-    "ci",
-    max_examples=10,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[hypothesis.HealthCheck.too_slow],
-)
-hypothesis.settings.register_profile(
-    "dev",
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+    "dev", testing.hypothesis_settings(max_examples=100, derandomize=False)
 )
 # CI and the README use the bounded profile; `pytest --hypothesis-profile=dev` runs more examples.
 hypothesis.settings.load_profile("ci")

@@ -1,8 +1,6 @@
 """Equivariance checks: compare `fn(g.x)` with `g.fn(x)` for one orthogonal matrix `g`."""
 
-import contextlib
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-Matrix = Float[np.ndarray, "3 3"] | Float[Array, "3 3"]
+from ..graph import Graph
+from . import _actions
+from ._actions import (
+    Matrix,
+    _act as _act,  # the host-side action, used by tests of conversions
+)
 
 
 def default_tolerance(dtype: Any) -> float:
@@ -35,6 +38,7 @@ def default_tolerance(dtype: Any) -> float:
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.irreps_arrays("1o"), testing.o3_matrices())
     def test_double(x, matrix):
         tol = 10 * testing.default_tolerance(x.dtype)
@@ -51,73 +55,7 @@ def default_tolerance(dtype: Any) -> float:
     return 1e-12 if jnp.finfo(dtype).bits >= 64 else 1e-5
 
 
-def _is_irreps_array(x: Any) -> bool:
-    return isinstance(x, e3nn.IrrepsArray)
-
-
-@functools.cache
-def _cg_basis(degree: int) -> Float[np.ndarray, "in out"]:
-    """e3nn's Clebsch-Gordan map `(degree-1) x 1 -> degree`, with orthonormal columns."""
-    c = np.asarray(e3nn.clebsch_gordan(degree - 1, 1, degree), dtype=np.float64)
-    c = c.reshape(-1, 2 * degree + 1)
-    return c / np.linalg.norm(c[:, 0])
-
-
-def _wigner_ds(lmax: int, rotation: Float[np.ndarray, "3 3"]) -> list:
-    """Wigner matrices `D^l(R)` in e3nn's real basis for `l <= lmax`, in float64 on the host.
-
-    `D^0 = 1` and `D^1 = R` (degree 1 is `(x, y, z)`); `D^l` is the restriction of
-    `D^(l-1) (x) D^1` to the image of the Clebsch-Gordan map. This agrees with
-    `e3nn.Irrep(l, p).D_from_matrix(R)` to rounding, without compiling anything.
-    """
-    ds = [np.ones((1, 1)), rotation]
-    for degree in range(2, lmax + 1):
-        c = _cg_basis(degree)
-        ds.append(c.T @ np.kron(ds[-1], rotation) @ c)
-    return ds[: lmax + 1]
-
-
-def _act(irreps: e3nn.Irreps, array: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """`IrrepsArray(irreps, array).transform_by_matrix(matrix).array`, in float64 on the host.
-
-    For `matrix = s R` with `s = det(matrix) = +-1` and `R` a rotation, a `mul x lp` chunk is
-    multiplied by `p^((1-s)/2) D^l(R)`.
-    """
-    sign = 1.0 if np.linalg.det(matrix) > 0 else -1.0
-    lmax = max((ir.l for mul, ir in irreps if mul > 0), default=0)
-    ds = _wigner_ds(lmax, sign * matrix)
-    out = np.empty_like(array)
-    lead = array.shape[:-1]
-    for (mul, ir), chunk in zip(irreps, irreps.slices(), strict=True):
-        if mul == 0:
-            continue
-        d = ds[ir.l] * (ir.p if sign < 0 else 1)
-        x = array[..., chunk].reshape(lead + (mul, ir.dim))
-        out[..., chunk] = np.einsum("ij,...uj->...ui", d, x).reshape(lead + (mul * ir.dim,))
-    return out
-
-
-def _transform_input(x: e3nn.IrrepsArray, matrix: np.ndarray, name: str) -> e3nn.IrrepsArray:
-    dtype = np.dtype(x.dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"{name} is an IrrepsArray of dtype {dtype}; only real floating IrrepsArrays can "
-            "be transformed. Pass it as a plain array if it is invariant."
-        )
-    # Transform in float64, then round once to the input's dtype (so no float64 matrix ever
-    # meets float32 data, which strict dtype promotion forbids).
-    array = _act(x.irreps, np.asarray(x.array, dtype=np.float64), matrix).astype(dtype)
-    if isinstance(x.array, np.ndarray):  # e3nn also accepts NumPy-backed IrrepsArrays
-        return e3nn.IrrepsArray(x.irreps, array)  # type: ignore[arg-type]
-    # Keep a float64 input float64 even if x64 is off (it was made with x64 on).
-    with jax.enable_x64(True) if dtype.itemsize == 8 else contextlib.nullcontext():
-        return e3nn.IrrepsArray(x.irreps, jnp.asarray(array))
-
-
-def _describe(x: Any) -> str:
-    if isinstance(x, e3nn.IrrepsArray):
-        return f"IrrepsArray {x.irreps}, shape {x.shape}, {x.dtype}"
-    return f"array, shape {np.shape(x)}, {np.asarray(x).dtype}"
+Translation = Float[np.ndarray, "3"] | Float[Array, "3"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +63,11 @@ class _LeafComparison:
     name: str
     description: str
     actual: np.ndarray  # fn(g.x), float64
-    expected: np.ndarray  # g.fn(x), float64 (for plain arrays fn(x): they must be invariant)
+    expected: np.ndarray  # g.fn(x), float64
     dtype: np.dtype
 
     def abs_error(self) -> np.ndarray:
-        return np.abs(self.actual - self.expected)
+        return np.asarray(np.abs(self.actual - self.expected))  # an array for 0-d leaves too
 
 
 def _as_float64(name: str, x: Any) -> np.ndarray:
@@ -142,7 +80,7 @@ def _as_float64(name: str, x: Any) -> np.ndarray:
     return array.astype(np.complex128 if array.dtype.kind == "c" else np.float64)
 
 
-def _compare(caller: str, fn: Callable[..., Any], inputs: tuple, matrix: Any) -> list:
+def _check_matrix(caller: str, matrix: Any) -> np.ndarray:
     matrix = np.asarray(matrix)
     if not jnp.issubdtype(matrix.dtype, jnp.floating) or matrix.shape != (3, 3):
         raise ValueError(
@@ -158,42 +96,99 @@ def _compare(caller: str, fn: Callable[..., Any], inputs: tuple, matrix: Any) ->
         )
     # Snap to the nearest orthogonal matrix, so that a float32 matrix can test float64 code.
     u, _, vt = np.linalg.svd(matrix)
-    matrix = u @ vt
+    return u @ vt
 
-    def transform_input(path: Any, x: Any) -> Any:
-        if _is_irreps_array(x):
-            return _transform_input(x, matrix, f"input{jax.tree_util.keystr(path)}")
-        return x
 
-    g_inputs = jax.tree_util.tree_map_with_path(transform_input, inputs, is_leaf=_is_irreps_array)
+def _check_translation(caller: str, translation: Any) -> np.ndarray:
+    if translation is None:
+        return np.zeros(3)
+    shift = np.asarray(translation)
+    if shift.shape != (3,) or not jnp.issubdtype(shift.dtype, jnp.number):
+        raise ValueError(
+            f"{caller}: translation must be a vector of shape (3,), got shape {shift.shape} and "
+            f"dtype {shift.dtype}."
+        )
+    return shift.astype(np.float64)
+
+
+def _transform_inputs(
+    caller: str, inputs: tuple, in_actions: Any, matrix: np.ndarray, shift: np.ndarray
+) -> tuple:
+    declared, treedef = _actions.declared_leaves(
+        tuple(in_actions) if isinstance(in_actions, list) else in_actions,
+        inputs,
+        "input",
+        "in_actions",
+        caller,
+    )
+    moved: list[str] = []
+    new_leaves = []
+    for name, spec, leaf in declared:
+        new, names = _actions.transform_input(name, spec, leaf, matrix, shift, caller)
+        new_leaves.append(new)
+        moved.extend(names)
+    if not moved:
+        received = "; ".join(f"{n}: {_actions.describe(x)}" for n, _, x in declared) or "none"
+        raise ValueError(
+            f"{caller}: no input is transformed, so the check would pass for any fn. Only "
+            "IrrepsArrays and eqmlip.Graphs are transformed by default; declare how plain "
+            "arrays transform with in_actions (e.g. in_actions=('positions', 'invariant') for "
+            f"fn(positions, species), or testing.E3xLayout() for e3x features). Received: "
+            f"{received}."
+        )
+    if np.any(shift != 0) and not any(
+        isinstance(x, Graph) or _actions.resolve(s, n, caller) == _actions._Action("positions")
+        for n, s, x in declared
+    ):
+        raise ValueError(
+            f"{caller}: a translation was given but no input is positions; declare the "
+            "positions with in_actions=... 'positions' (or pass an eqmlip.Graph)."
+        )
+    return jax.tree_util.tree_unflatten(treedef, new_leaves)
+
+
+def _compare(
+    caller: str,
+    fn: Callable[..., Any],
+    inputs: tuple,
+    matrix: Any,
+    translation: Any,
+    in_actions: Any,
+    out_actions: Any,
+) -> list:
+    matrix = _check_matrix(caller, matrix)
+    shift = _check_translation(caller, translation)
+    g_inputs = _transform_inputs(caller, inputs, in_actions, matrix, shift)
     out_of_g = fn(*g_inputs)
     out = fn(*inputs)
 
     leaves_of_g, tree_of_g = jax.tree_util.tree_flatten_with_path(
-        out_of_g, is_leaf=_is_irreps_array
+        out_of_g, is_leaf=_actions._is_atom
     )
-    leaves, tree = jax.tree_util.tree_flatten_with_path(out, is_leaf=_is_irreps_array)
-    if tree_of_g != tree:
+    if jax.tree_util.tree_structure(out, is_leaf=_actions._is_atom) != tree_of_g:
+        tree = jax.tree_util.tree_structure(out, is_leaf=_actions._is_atom)
         raise AssertionError(
             "fn(g.x) and fn(x) have different pytree structures:\n"
             f"  fn(g.x): {tree_of_g}\n  fn(x):   {tree}"
         )
+    declared, _ = _actions.declared_leaves(out_actions, out, "output", "out_actions", caller)
 
     comparisons = []
-    for (path, a), (_, b) in zip(leaves_of_g, leaves, strict=True):
-        name = f"output{jax.tree_util.keystr(path)}"
-        if _is_irreps_array(b):
-            if not _is_irreps_array(a) or a.irreps != b.irreps:
+    for (name, spec, b), (_, a) in zip(declared, leaves_of_g, strict=True):
+        _as_float64(name, b.array if isinstance(b, e3nn.IrrepsArray) else b)
+        action = _actions.output_action(name, spec, b, caller, "out_actions")
+        if isinstance(b, e3nn.IrrepsArray):
+            if not isinstance(a, e3nn.IrrepsArray) or a.irreps != b.irreps:
                 raise AssertionError(
-                    f"{name}: fn(g.x) gives {_describe(a)} but fn(x) gives {_describe(b)}."
+                    f"{name}: fn(g.x) gives {_actions.describe(a)} but fn(x) gives "
+                    f"{_actions.describe(b)}."
                 )
             if not jnp.issubdtype(b.dtype, jnp.floating):
                 raise TypeError(
                     f"{name} is an IrrepsArray of dtype {b.dtype}; only real floating "
                     "IrrepsArrays can be transformed."
                 )
-            b_array = _act(b.irreps, np.asarray(b.array, dtype=np.float64), matrix)
-            a_array = a.array
+            a_array, b_array = a.array, b.array
         else:
             a_array, b_array = a, b
         if np.shape(a_array) != np.shape(b_array):
@@ -201,13 +196,20 @@ def _compare(caller: str, fn: Callable[..., Any], inputs: tuple, matrix: Any) ->
                 f"{name}: fn(g.x) has shape {np.shape(a_array)} but fn(x) has shape "
                 f"{np.shape(b_array)}."
             )
+        expected = _as_float64(name, b_array)
+        if action.kind != "invariant":
+            if expected.dtype.kind == "c":
+                raise TypeError(f"{name} is complex; only real outputs can be transformed.")
+            expected = action.apply(expected, matrix, shift)
         comparisons.append(
             _LeafComparison(
                 name=name,
-                description=_describe(b),
+                description=f"{_actions.describe(b)}, declared {action.describe()}",
                 actual=_as_float64(name, a_array),
-                expected=_as_float64(name, b_array),
-                dtype=np.dtype(b.dtype) if _is_irreps_array(b) else np.asarray(b).dtype,
+                expected=expected,
+                dtype=np.asarray(b_array).dtype
+                if not hasattr(b_array, "dtype")
+                else np.dtype(b_array.dtype),
             )
         )
     return comparisons
@@ -217,33 +219,20 @@ def equivariance_error(
     fn: Callable[..., Any],
     *inputs: Any,
     matrix: Matrix,
+    translation: Translation | None = None,
+    in_actions: Any = None,
+    out_actions: Any = None,
 ) -> float:
-    """The largest equivariance error of `fn` under the orthogonal matrix `g = matrix`.
+    """The largest equivariance error of `fn` under `g: x -> M x + t`, `M = matrix`.
 
-    Computes `max |fn(g.x) - g.fn(x)|` over every component of every output. The action
-    `g.x` on an `e3nn.IrrepsArray` is that of `x.transform_by_matrix(g)`: a rotation `R` acts on
-    each `mul x lp` chunk by the Wigner matrix `D^l(R)`, and a rotoinversion `-R` additionally
-    multiplies it by its parity `p`. Inputs and outputs may be pytrees:
-
-    - input leaves that are `IrrepsArray`s are transformed; any other leaf (arrays, numbers,
-        an Equinox module, a PRNG key, ...) is passed through unchanged, i.e. treated as
-        invariant;
-    - output `IrrepsArray`s are compared with `g.fn(x)`; other output leaves (plain arrays,
-        numbers) must be invariant: they are compared with `fn(x)`.
-
-    The group action is computed on the host in float64, from e3nn's Wigner matrices (equal to
-    `x.transform_by_matrix(g)` to rounding), so it compiles nothing and adds no error of its
-    own: `g.x` is rounded once to the input's dtype, and `g.fn(x)` is compared in float64. A
-    float32 `matrix` is snapped to the nearest orthogonal matrix first. `fn` is called twice,
-    eagerly; pass a jitted function (`jax.jit(f)`, `eqx.filter_jit(model)`) defined once
-    outside the test, so that it compiles once for all examples.
+    Computes `max |fn(g.x) - g.fn(x)|` over every component of every output, where inputs and
+    outputs transform as declared (see [`eqmlip.testing.assert_equivariant`][] for the
+    declarations and defaults).
 
     **Arguments:**
 
-    - `fn`: the function to test, `fn(*inputs)`.
-    - `*inputs`: its positional arguments.
-    - `matrix`: the group element, a `(3, 3)` rotation or rotoinversion (see
-        [`eqmlip.testing.o3_matrices`][]), as a NumPy or JAX array.
+    - `fn`, `*inputs`, `matrix`, `translation`, `in_actions`, `out_actions`: as for
+        [`eqmlip.testing.assert_equivariant`][].
 
     **Returns:** the error, a Python float (`0.0` when the outputs are empty; NaN if an output
     is NaN).
@@ -258,6 +247,7 @@ def equivariance_error(
 
     cross = jax.jit(lambda x, y: e3nn.tensor_product(x, y, filter_ir_out=["1e"]))
 
+    @testing.hypothesis_settings()
     @hypothesis.given(
         testing.irreps_arrays("1o"), testing.irreps_arrays("1o"), testing.o3_matrices()
     )
@@ -265,7 +255,9 @@ def equivariance_error(
         assert testing.equivariance_error(cross, x, y, matrix=matrix) < 1e-4
     ```
     """
-    comparisons = _compare("equivariance_error", fn, inputs, matrix)
+    comparisons = _compare(
+        "equivariance_error", fn, inputs, matrix, translation, in_actions, out_actions
+    )
     # np.max, unlike max(), propagates NaN.
     return float(np.max([np.max(c.abs_error(), initial=0.0) for c in comparisons], initial=0.0))
 
@@ -288,59 +280,7 @@ def _leaf_failure(c: _LeafComparison, atol: float, rtol: float) -> str | None:
     )
 
 
-def assert_equivariant(
-    fn: Callable[..., Any],
-    *inputs: Any,
-    matrix: Matrix,
-    atol: float | int | None = None,
-    rtol: float | int | None = None,
-) -> None:
-    """Assert that `fn(g.x) == g.fn(x)` for the orthogonal matrix `g = matrix`.
-
-    Transforms inputs and outputs as [`eqmlip.testing.equivariance_error`][] does, and checks
-    every output component with `|fn(g.x) - g.fn(x)| <= atol + rtol * |g.fn(x)|` (as
-    `numpy.allclose`). Plain-array outputs are checked for invariance. Use rotations and
-    rotoinversions (`o3_matrices()`): only the latter detect wrong output parities.
-
-    The relative term is per component, so a component that is small by cancellation, such as
-    a product of large float32 inputs (`e3nn.tensor_product` with `|x| ~ 10` can reach the
-    default `1e-5`), needs a larger `atol` or smaller inputs (`irreps_arrays(...,
-    max_value=1.0)`).
-
-    **Arguments:**
-
-    - `fn`: the function to test, `fn(*inputs)`.
-    - `*inputs`: its positional arguments; `IrrepsArray` leaves are transformed, other leaves
-        are passed through unchanged.
-    - `matrix`: a `(3, 3)` rotation `R` or rotoinversion `-R`.
-    - `atol`, `rtol`: absolute and relative tolerances. `None` gives
-        [`eqmlip.testing.default_tolerance`][] of each output's dtype (`1e-5` in float32,
-        `1e-12` in float64).
-
-    **Returns:** `None`.
-
-    **Raises:** `AssertionError` naming each failing output (its pytree path, irreps, shape
-    and dtype), the error, the tolerance and the worst component; also when `fn(g.x)` and
-    `fn(x)` differ in structure, irreps or shape.
-
-    **Example:**
-
-    ```python
-    import equinox as eqx
-    import hypothesis
-    import jax.random as jr
-    import eqmlip
-    from eqmlip import testing
-
-    layer = eqmlip.nn.Linear("2x0e + 1o", "0e + 2x1o", key=jr.PRNGKey(0))
-    apply = eqx.filter_jit(lambda layer, x: layer(x))
-
-    @hypothesis.given(testing.irreps_arrays("2x0e + 1o"), testing.o3_matrices())
-    def test_linear_is_equivariant(x, matrix):
-        testing.assert_equivariant(apply, layer, x, matrix=matrix)
-    ```
-    """
-    comparisons = _compare("assert_equivariant", fn, inputs, matrix)
+def _failures(comparisons: list, atol: Any, rtol: Any) -> list:
     failures = []
     for c in comparisons:
         leaf_atol = default_tolerance(c.dtype) if atol is None else float(atol)
@@ -348,18 +288,143 @@ def assert_equivariant(
         failure = _leaf_failure(c, leaf_atol, leaf_rtol)
         if failure is not None:
             failures.append(failure)
+    return failures
+
+
+def assert_equivariant(
+    fn: Callable[..., Any],
+    *inputs: Any,
+    matrix: Matrix,
+    translation: Translation | None = None,
+    in_actions: Any = None,
+    out_actions: Any = None,
+    atol: float | int | None = None,
+    rtol: float | int | None = None,
+) -> None:
+    """Assert that `fn(g.x) == g.fn(x)` for `g: x -> M x + t`, with `M = matrix` orthogonal
+    and `t = translation` (zero by default).
+
+    How each input and output transforms is **declared**, leaf by leaf or for whole subtrees:
+    `in_actions` is a prefix pytree of the tuple `inputs`, `out_actions` one of `fn`'s output
+    (as `in_axes` and `out_axes` of `jax.vmap`). A declaration is one of:
+
+    | declaration | leaf | `g` acts by |
+    |---|---|---|
+    | `None` (default) | `IrrepsArray` | its irreps (`x.transform_by_matrix(M)`) |
+    | `None` (default) | `eqmlip.Graph` | `pos -> M pos + t`, `cell -> cell M^T` |
+    | irreps, e.g. `"1o"`, `"2x0e + 1e"` | array `(..., irreps.dim)` | those irreps |
+    | `"vector"` | array `(..., 3)` | `v -> M v` (polar, as forces) |
+    | `"positions"` | array `(..., 3)` | `p -> M p + t` |
+    | `"cell"` | array `(..., 3, 3)`, rows | `C -> C M^T` |
+    | `"tensor"` | array `(..., 3, 3)` | `T -> M T M^T` (stress) |
+    | [`E3xLayout()`][eqmlip.testing.E3xLayout] | `(..., P, (L+1)**2, F)` | e3x's Wigner matrices |
+    | `"invariant"` | anything | unchanged |
+
+    Nothing is guessed: an input leaf without declaration that is not an `IrrepsArray` or a
+    `Graph` (a module, a PRNG key, species) passes unchanged, and **the assertion raises
+    `ValueError` if no input is transformed at all**; an output leaf that is a plain array
+    **must** be declared (`TypeError` otherwise), since a plain `(n, 3)` array may be
+    invariant or a vector. A `translation` needs some input declared `"positions"` (or a
+    Graph).
+
+    The action is computed on the host in float64 (it compiles nothing), `g.x` is rounded once
+    to each input's dtype, and `fn(g.x)` is compared with `g.fn(x)` in float64, each component
+    with `|fn(g.x) - g.fn(x)| <= atol + rtol * |g.fn(x)|` (as `numpy.allclose`). A float32
+    `matrix` is snapped to the nearest orthogonal matrix. Float64 JAX inputs need
+    `jax_enable_x64` on during the call (`ValueError` otherwise: JAX would silently compute in
+    float32). `fn` is called twice, eagerly; pass a jitted function defined once outside the
+    test, so that it compiles once for all examples. Use rotations and rotoinversions
+    (`o3_matrices()`): only the latter detect wrong parities.
+
+    The relative term is per component, so a component that is small by cancellation, such as
+    a product of large float32 inputs, needs a larger `atol` or smaller inputs
+    (`irreps_arrays(..., max_value=1.0)`).
+
+    **Arguments:**
+
+    - `fn`: the function to test, `fn(*inputs)`.
+    - `*inputs`: its positional arguments.
+    - `matrix`: a `(3, 3)` rotation `R` or rotoinversion `-R`.
+    - `translation`: a `(3,)` shift applied to `"positions"` (inputs and outputs), or `None`.
+    - `in_actions`, `out_actions`: the declarations (above); `None` everywhere by default.
+    - `atol`, `rtol`: absolute and relative tolerances. `None` gives
+        [`eqmlip.testing.default_tolerance`][] of each output's dtype (`1e-5` in float32,
+        `1e-12` in float64).
+
+    **Returns:** `None`.
+
+    **Raises:** `AssertionError` naming each failing output (its pytree path, declaration,
+    shape and dtype), the error, the tolerance, the worst component and the transformation;
+    also when `fn(g.x)` and `fn(x)` differ in structure, irreps or shape. Under a rotoinversion
+    whose rotation part passes, the message points at parities.
+
+    **Example** (an e3nn-style function, then plain positions in and forces out):
+
+    ```python
+    import equinox as eqx
+    import hypothesis
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    import eqmlip
+    from eqmlip import testing
+
+    layer = eqmlip.nn.Linear("2x0e + 1o", "0e + 2x1o", key=jr.PRNGKey(0))
+    apply = eqx.filter_jit(lambda layer, x: layer(x))
+
+    @testing.hypothesis_settings()
+    @hypothesis.given(testing.irreps_arrays("2x0e + 1o"), testing.o3_matrices())
+    def test_linear_is_equivariant(x, matrix):
+        testing.assert_equivariant(apply, layer, x, matrix=matrix)
+
+    def energy(positions):  # a harmonic chain
+        return jnp.sum((jnp.linalg.norm(positions[1:] - positions[:-1], axis=-1) - 1.0) ** 2)
+
+    energy_and_forces = jax.jit(lambda p: (energy(p), -jax.grad(energy)(p)))
+
+    @testing.hypothesis_settings()
+    @hypothesis.given(testing.o3_matrices())
+    def test_forces_rotate(matrix):
+        positions = jnp.array([[0.0, 0.0, 0.0], [1.1, 0.2, 0.0], [1.5, 1.0, 0.3]])
+        testing.assert_equivariant(
+            energy_and_forces,
+            positions,
+            matrix=matrix,
+            translation=jnp.array([0.5, -2.0, 1.0]),
+            in_actions="positions",
+            out_actions=("invariant", "vector"),
+        )
+    ```
+    """
+    comparisons = _compare(
+        "assert_equivariant", fn, inputs, matrix, translation, in_actions, out_actions
+    )
+    failures = _failures(comparisons, atol, rtol)
     if not failures:
         return
-    det = float(np.linalg.det(np.asarray(matrix, dtype=np.float64)))
+    m = np.asarray(matrix, dtype=np.float64)
+    det = float(np.linalg.det(m))
     kind = "rotation" if det > 0 else "rotoinversion"
+    transformation = np.array2string(m, precision=6, separator=", ").replace("\n", "")
+    if translation is not None:
+        shift = np.array2string(np.asarray(translation, np.float64), precision=6, separator=", ")
+        transformation += f", translation t = {shift}"
     message = [
         f"assert_equivariant: fn is not equivariant under a {kind} (det {det:+.0f}): "
         f"{len(failures)} of {len(comparisons)} output leaves differ.",
         *failures,
+        f"  The transformation: M = {transformation}.",
     ]
     if det < 0:
-        message.append(
-            "  Under a rotoinversion each irrep picks up its parity: check the parities "
-            "(e/o) of the output irreps."
+        # The parity hint only when the rotation part alone passes: then the inversion is to blame.
+        rotation = _compare(
+            "assert_equivariant", fn, inputs, -m, translation, in_actions, out_actions
         )
+        if not _failures(rotation, atol, rtol):
+            message.append(
+                "  The rotation part -M alone passes, so only the inversion fails: check the "
+                "parities (e/o) of the irreps (inputs, outputs, e3x parity channels)."
+            )
+        else:
+            message.append("  The rotation part -M alone fails too (not a parity error).")
     raise AssertionError("\n".join(message))

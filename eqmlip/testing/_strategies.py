@@ -1,6 +1,5 @@
 """Hypothesis strategies for irreps, irreps arrays and O(3) matrices."""
 
-import contextlib
 import functools
 import math
 from typing import Any, Literal
@@ -73,6 +72,7 @@ def irreps(
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.irreps(max_l=3, parities="proper"))
     def test_dim(irreps):
         assert irreps.dim == sum(mul * (2 * ir.l + 1) for mul, ir in irreps)
@@ -122,11 +122,21 @@ def _elements(dtype: np.dtype, max_value: float) -> SearchStrategy[float]:
     )
 
 
+def _x64_enabled() -> bool:
+    return jax.dtypes.canonicalize_dtype(np.float64) == np.dtype(np.float64)
+
+
 def _irreps_array(irreps: e3nn.Irreps, array: np.ndarray) -> e3nn.IrrepsArray:
-    # Hypothesis draws before the test body runs, so a float64 array is built with x64 on and
-    # keeps its dtype; the test body must enable x64 to compute with it.
-    with jax.enable_x64(True) if array.dtype.itemsize == 8 else contextlib.nullcontext():
-        return e3nn.IrrepsArray(irreps, jnp.asarray(array))
+    if array.dtype == np.float64 and not _x64_enabled():
+        # Otherwise the array would be float64 while every computation on it ran in float32,
+        # and a float64-only error would pass at the float32 tolerance.
+        raise ValueError(
+            "irreps_arrays: dtype float64 needs jax_enable_x64 on while Hypothesis draws and "
+            "while the test runs; enable it for the whole test (`jax.config.update("
+            "'jax_enable_x64', True)`, a fixture around the test, or draw inside `with "
+            "jax.enable_x64(True):` with `data.draw`), or draw float32."
+        )
+    return e3nn.IrrepsArray(irreps, jnp.asarray(array))
 
 
 def irreps_arrays(
@@ -139,10 +149,12 @@ def irreps_arrays(
     """A strategy for `e3nn.IrrepsArray`s with finite values.
 
     Every component is a finite float in `[-max_value, max_value]`: no NaN, no infinity and
-    no subnormals, exactly representable in `dtype`. Values shrink towards zero. The array is
-    a JAX array of shape `leading_shape + (irreps.dim,)` and exactly the requested `dtype`;
-    a float64 array is made even when `jax_enable_x64` is off while Hypothesis draws it, so
-    enable x64 (e.g. `with jax.enable_x64(True):`) in the test body before computing with it.
+    no subnormals, exactly representable in `dtype`. Values shrink towards zero, and many
+    drawn arrays are sparse (most components exactly zero: vectors along a coordinate axis).
+    The array is a JAX array of shape `leading_shape + (irreps.dim,)` and exactly the requested
+    `dtype`.
+    Drawing float64 raises `ValueError` unless `jax_enable_x64` is on at the draw (JAX would
+    otherwise compute in float32 and hide float64-only errors): enable it for the whole test.
 
     Pass fixed irreps where you can: a new irreps means a new shape, hence a new compilation
     of a jitted function, and compilation dominates the run time of small JAX tests.
@@ -164,6 +176,7 @@ def irreps_arrays(
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.irreps_arrays("1o + 2e", leading_shape=(5,)))
     def test_norm_is_nonnegative(x):
         assert (e3nn.norm(x).array >= 0).all()
@@ -186,7 +199,9 @@ def irreps_arrays(
 
     def for_irreps(ir: e3nn.Irreps | str) -> SearchStrategy[e3nn.IrrepsArray]:
         ir = e3nn.Irreps(ir)
-        arrays = hnp.arrays(dtype, leading_shape + (ir.dim,), elements=elements)
+        # Zero fill: Hypothesis then draws sparse arrays too, such as vectors along an axis,
+        # where code built on angles or divisions breaks.
+        arrays = hnp.arrays(dtype, leading_shape + (ir.dim,), elements=elements, fill=st.just(0.0))
         return arrays.map(functools.partial(_irreps_array, ir))
 
     if isinstance(irreps, SearchStrategy):
@@ -248,6 +263,7 @@ def rotations(dtype: Any = np.float64) -> SearchStrategy[Float[np.ndarray, "3 3"
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.irreps_arrays("1o"), testing.rotations(dtype="float32"))
     def test_rotation_keeps_the_norm(x, rotation):
         y = x.transform_by_matrix(rotation)
@@ -287,6 +303,7 @@ def o3_matrices(
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.irreps_arrays("1o + 2e"), testing.o3_matrices())
     def test_norm_is_invariant(x, matrix):
         testing.assert_equivariant(e3nn.norm, x, matrix=matrix)

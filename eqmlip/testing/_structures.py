@@ -11,8 +11,25 @@ import numpy as np
 from hypothesis.strategies import SearchStrategy
 from jaxtyping import Float, Int
 
-from ..graph import Graph, check_species, neighbour_list
+from ..graph import Graph, check_species, neighbour_list, pad_graph
 from ._strategies import rotations
+
+
+class DrawnAtoms(ase.Atoms):
+    """`ase.Atoms` whose repr is the full structure, so that a failing example reproduces.
+
+    Hypothesis prints failing examples with `repr`; ASE's own repr omits the positions.
+    """
+
+    def __repr__(self) -> str:
+        def listed(x: np.ndarray) -> str:
+            return repr(np.asarray(x).tolist())
+
+        return (
+            f"ase.Atoms(numbers={listed(self.numbers)}, positions={listed(self.positions)}, "
+            f"cell={listed(self.cell.array)}, pbc={listed(self.pbc)})"
+        )
+
 
 # Helpers called while Hypothesis draws take NumPy arrays and scalars only: the runtime type
 # checker samples the items of variadic container hints with `random`, which Hypothesis forbids
@@ -56,7 +73,7 @@ def _molecule(
     if rotate:
         positions = positions @ draw(rotations()).T
     numbers = draw(st.lists(st.sampled_from(species), min_size=n, max_size=n))
-    return ase.Atoms(numbers=numbers, positions=positions)
+    return DrawnAtoms(numbers=numbers, positions=positions)
 
 
 def molecules(
@@ -82,7 +99,8 @@ def molecules(
     - `min_distance`: smallest distance between two atoms (Å).
     - `rotate`: apply a random rotation (drawn by [`eqmlip.testing.rotations`][]).
 
-    **Returns:** a `SearchStrategy[ase.Atoms]`.
+    **Returns:** a `SearchStrategy[ase.Atoms]` (a subclass whose `repr`, which Hypothesis
+    prints for a failing example, lists numbers, positions, cell and pbc in full).
 
     **Example:**
 
@@ -91,6 +109,7 @@ def molecules(
     import numpy as np
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.molecules(species=(1, 8), max_atoms=4))
     def test_atoms_are_apart(atoms):
         d = atoms.get_all_distances()
@@ -169,7 +188,7 @@ def _crystal(
         factor = 1.001 * min_distance / closest
         cell, positions = cell * factor, positions * factor
     numbers = draw(st.lists(st.sampled_from(species), min_size=n, max_size=n))
-    return ase.Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+    return DrawnAtoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
 
 
 def crystals(
@@ -201,7 +220,8 @@ def crystals(
     - `triclinic`: draw angles other than 90 degrees.
     - `pbc`: periodicity along each lattice vector (e.g. `(True, True, False)` for slabs).
 
-    **Returns:** a `SearchStrategy[ase.Atoms]`.
+    **Returns:** a `SearchStrategy[ase.Atoms]` (a subclass whose `repr`, which Hypothesis
+    prints for a failing example, lists numbers, positions, cell and pbc in full).
 
     **Example:**
 
@@ -209,6 +229,7 @@ def crystals(
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.crystals(max_atoms=2))
     def test_cell_has_volume(atoms):
         assert atoms.get_volume() > 0
@@ -233,12 +254,29 @@ def crystals(
     )
 
 
-def _graph_of(cutoff: float, dataset_idx: int, atoms: ase.Atoms) -> Graph:
-    return Graph.from_atoms(atoms, cutoff, dataset_idx=dataset_idx)
+def bucket(size: int, smallest: int) -> int:
+    """The smallest `smallest * 2**k` (k >= 0) that is at least `size`."""
+    return smallest * 2 ** max(0, math.ceil(math.log2(max(size, 1) / smallest)))
+
+
+def pad_to_bucket(graph: Graph, node_multiple: int, edge_multiple: int) -> Graph:
+    """`graph` padded to bucketed sizes (room for one padding node and graph), see `graphs`."""
+    nodes = bucket(int(graph.positions.shape[0]) + 1, node_multiple)
+    edges = bucket(int(graph.senders.shape[0]) + 1, edge_multiple)
+    return pad_graph(graph, nodes, edges, int(graph.cell.shape[0]) + 1)
+
+
+def _graph_of(cutoff: float, dataset_idx: int, buckets: Any, atoms: ase.Atoms) -> Graph:
+    graph = Graph.from_atoms(atoms, cutoff, dataset_idx=dataset_idx)
+    return graph if buckets is None else pad_to_bucket(graph, *buckets)
 
 
 def graphs(
-    structures: SearchStrategy[ase.Atoms], cutoff: float, *, dataset_idx: int = 0
+    structures: SearchStrategy[ase.Atoms],
+    cutoff: float,
+    *,
+    dataset_idx: int = 0,
+    buckets: tuple[int, int] | None = None,
 ) -> SearchStrategy[Graph]:
     """A strategy for [`eqmlip.Graph`][]s: the graphs of drawn structures.
 
@@ -248,10 +286,16 @@ def graphs(
         [`eqmlip.testing.crystals`][].
     - `cutoff`: neighbour cutoff radius (Å), positive.
     - `dataset_idx`: the dataset index stored in each graph.
+    - `buckets`: `None` for unpadded graphs, or `(node_multiple, edge_multiple)`: pad every
+        graph with [`eqmlip.pad_graph`][] to `node_multiple * 2**k` nodes and `edge_multiple *
+        2**k'` edges (the smallest that leave room for a padding node and edge) and one padding
+        graph, so that the drawn graphs share a few shapes, hence a few compilations of a jitted
+        model, instead of one per example.
 
-    **Returns:** a `SearchStrategy[Graph]` of unpadded single-structure graphs, in JAX's
-    default precision while Hypothesis draws (float32 unless `jax_enable_x64` is on then).
-    Batch and pad them with [`eqmlip.batch_graphs`][] and [`eqmlip.pad_graph`][].
+    **Returns:** a `SearchStrategy[Graph]` of single-structure graphs (padded with `buckets`),
+    in JAX's default precision while Hypothesis draws (float32 unless `jax_enable_x64` is on
+    then). Batch and pad them yourself with [`eqmlip.batch_graphs`][] and
+    [`eqmlip.pad_graph`][].
 
     **Example:**
 
@@ -259,6 +303,7 @@ def graphs(
     import hypothesis
     from eqmlip import testing
 
+    @testing.hypothesis_settings()
     @hypothesis.given(testing.graphs(testing.crystals(max_atoms=2), cutoff=3.0))
     def test_edges_come_in_pairs(graph):
         assert graph.num_edges % 2 == 0
@@ -270,4 +315,11 @@ def graphs(
         )
     if not (math.isfinite(cutoff) and cutoff > 0):
         raise ValueError(f"graphs: cutoff must be positive and finite, got {cutoff}.")
-    return structures.map(functools.partial(_graph_of, float(cutoff), int(dataset_idx)))
+    if buckets is not None:
+        if len(buckets) != 2 or min(int(b) for b in buckets) < 1:
+            raise ValueError(
+                "graphs: buckets must be (node_multiple, edge_multiple), two positive ints, "
+                f"got {buckets!r}."
+            )
+        buckets = (int(buckets[0]), int(buckets[1]))
+    return structures.map(functools.partial(_graph_of, float(cutoff), int(dataset_idx), buckets))

@@ -1,5 +1,6 @@
-"""Hypothesis properties of the NequIP potential on random molecules and crystals: symmetry,
-permutation, padding, and forces/stress as derivatives of the energy.
+"""Hypothesis properties of the NequIP potential on random molecules and crystals: the symmetries
+checked by `eqmlip.testing.assert_potential_symmetries` (O(3), translations, permutations,
+periodic images, supercells), padding, and forces/stress as derivatives of the energy.
 
 Every graph is padded to one of a few fixed budgets, so a handful of compilations serve all
 examples.
@@ -8,6 +9,7 @@ examples.
 import ase
 import equinox as eqx
 import hypothesis
+import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -24,10 +26,8 @@ CONFIG = NequipConfig(target_irreps="4x0e+4x0o+2x1o+2x1e+2x2e", l_max=2, radial_
 NODE_BUDGET = 8
 EDGE_BUDGETS = (32, 128, 512, 2048)
 
-STRUCTURES = st.one_of(
-    testing.molecules(SPECIES, max_atoms=5),
-    testing.crystals(SPECIES, max_atoms=3, min_length=2.0, max_length=4.0),
-)
+CRYSTALS = testing.crystals(SPECIES, max_atoms=3, min_length=2.0, max_length=4.0)
+STRUCTURES = st.one_of(testing.molecules(SPECIES, max_atoms=5), CRYSTALS)
 
 _predict = eqx.filter_jit(predict)
 _models: dict[bool, Nequip] = {}
@@ -73,12 +73,20 @@ def _real(prediction: Prediction, n: int) -> tuple[float, np.ndarray, np.ndarray
     )
 
 
-def _transformed(atoms: ase.Atoms, matrix: np.ndarray, shift: np.ndarray) -> ase.Atoms:
-    out = atoms.copy()
-    out.positions = atoms.positions @ matrix.T + shift
-    if atoms.pbc.any():
-        out.set_cell(atoms.cell.array @ matrix.T, scale_atoms=False)
-    return out
+def _potential(x64: bool = False):
+    """The model as `fn(positions, numbers, cell, pbc) -> (E, F, S)` on the fixed budgets."""
+
+    def fn(positions, numbers, cell, pbc):
+        atoms = ase.Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+        prediction = _run(atoms, x64)
+        assert prediction.forces is not None and prediction.stress is not None
+        return prediction.energy[0], prediction.forces[: len(atoms)], prediction.stress[0]
+
+    return fn
+
+
+# Float32 tolerances, relative to each output's scale (1 + max |output|).
+TOLERANCE = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-4}
 
 
 @hypothesis.given(
@@ -87,14 +95,15 @@ def _transformed(atoms: ase.Atoms, matrix: np.ndarray, shift: np.ndarray) -> ase
     shift=st.tuples(*[st.floats(-5.0, 5.0)] * 3),
 )
 def test_energy_invariant_and_forces_stress_equivariant(atoms, matrix, shift):
-    n = len(atoms)
-    energy, forces, stress = _real(_run(atoms), n)
-    moved = _transformed(atoms, matrix, np.asarray(shift))
-    energy2, forces2, stress2 = _real(_run(moved), n)
-    scale = 1.0 + float(np.max(np.abs(forces)))
-    assert abs(energy2 - energy) <= 1e-5 * (1.0 + abs(energy))
-    assert np.max(np.abs(forces2 - forces @ matrix.T)) <= 1e-4 * scale
-    assert np.max(np.abs(stress2 - matrix @ stress @ matrix.T)) <= 1e-4 * scale
+    testing.assert_potential_symmetries(
+        _potential(),
+        atoms,
+        matrix=matrix,
+        translation=np.asarray(shift),
+        atol=TOLERANCE,
+        rtol=TOLERANCE,
+    )
+    _, forces, _ = _real(_run(atoms), len(atoms))
     assert np.all(np.isfinite(forces))
     if not atoms.pbc.any() and Graph.from_atoms(atoms, CUTOFF).num_edges > 0:
         assert np.max(np.abs(forces)) > 0.0  # not vacuous: the atoms interact
@@ -102,14 +111,35 @@ def test_energy_invariant_and_forces_stress_equivariant(atoms, matrix, shift):
 
 @hypothesis.given(atoms=STRUCTURES, data=st.data())
 def test_permuting_atoms_permutes_forces(atoms, data):
-    n = len(atoms)
-    order = np.asarray(data.draw(st.permutations(range(n))))
-    energy, forces, stress = _real(_run(atoms), n)
-    energy2, forces2, stress2 = _real(_run(atoms[order]), n)
-    scale = 1.0 + float(np.max(np.abs(forces)))
-    assert abs(energy2 - energy) <= 1e-5 * (1.0 + abs(energy))
-    assert np.max(np.abs(forces2 - forces[order])) <= 1e-5 * scale
-    assert np.max(np.abs(stress2 - stress)) <= 1e-5 * scale
+    order = data.draw(st.permutations(range(len(atoms))))
+    testing.assert_potential_symmetries(
+        _potential(), atoms, permutation=order, atol=1e-5, rtol=1e-5
+    )
+
+
+@hypothesis.given(atoms=CRYSTALS, data=st.data())
+def test_periodic_images_and_supercells(atoms, data):
+    shifts = data.draw(hnp.arrays(np.int64, (len(atoms), 3), elements=st.integers(-1, 1)))
+    supercell = data.draw(st.sampled_from([(2, 1, 1), (1, 2, 1), (1, 1, 2)]))
+    testing.assert_potential_symmetries(
+        _potential(),
+        atoms,
+        lattice_shifts=shifts,
+        supercell=supercell,
+        atol=TOLERANCE,
+        rtol=TOLERANCE,
+    )
+
+
+def test_potential_function_wraps_a_registered_model():
+    atoms = ase.Atoms("CHO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0.3]])
+    fn = testing.potential_function(_model(False))
+    energy, forces, stress = fn(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
+    expected = _real(_run(atoms), 3)
+    assert abs(float(energy) - expected[0]) <= 1e-5 * (1 + abs(expected[0]))
+    np.testing.assert_allclose(np.asarray(forces), expected[1], rtol=0, atol=1e-5)
+    assert stress is not None and np.asarray(stress).shape == (3, 3)
+    testing.assert_potential_symmetries(fn, atoms, translation=np.array([1.0, 2.0, 3.0]))
 
 
 @hypothesis.given(atoms=STRUCTURES, other=STRUCTURES)

@@ -14,7 +14,7 @@ import pytest
 
 import eqmlip
 from eqmlip import testing
-from eqmlip.testing._equivariance import _act
+from eqmlip.testing._actions import _act
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="x64")]
 
@@ -37,14 +37,14 @@ add_constant = jax.jit(lambda x: x + e3nn.IrrepsArray("1o", jnp.array([1.0, 0.5,
 plain_vector = jax.jit(lambda x: x.array)  # a 1o returned as a plain array: not invariant
 
 
-# name: (function, input irreps, whether it multiplies inputs). Products lose about
+# name: (function, input irreps, whether it multiplies inputs, out_actions). Products lose about
 # eps * |x|^2 to cancellation in float32; with |x| <= 10 that comes close to the default 1e-5
 # on small components (0.8 of it in a 300-example search), so their float32 inputs are <= 1.
 EQUIVARIANT = {
-    "norm": (norm, ("1o + 2x0e + 2e + 0o + 1e",), False),
-    "double": (double, ("2x1o + 0e + 1x1o",), False),
-    "tensor-square": (tensor_square, ("0e + 1o + 2e",), True),
-    "two-inputs": (two_inputs, ("1o + 0e", "1e + 2o"), True),
+    "norm": (norm, ("1o + 2x0e + 2e + 0o + 1e",), False, None),
+    "double": (double, ("2x1o + 0e + 1x1o",), False, None),
+    "tensor-square": (tensor_square, ("0e + 1o + 2e",), True, None),
+    "two-inputs": (two_inputs, ("1o + 0e", "1e + 2o"), True, (None, "invariant")),
 }
 
 
@@ -52,27 +52,27 @@ EQUIVARIANT = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @hypothesis.given(data=st.data(), matrix=testing.o3_matrices())
 def test_equivariant_functions_pass(name, dtype, data, matrix):
-    fn, irreps, product = EQUIVARIANT[name]
+    fn, irreps, product, out_actions = EQUIVARIANT[name]
     max_value = 1.0 if product and dtype == np.float32 else 10.0
-    inputs = [
-        data.draw(
-            testing.irreps_arrays(ir, leading_shape=(3,), dtype=dtype, max_value=max_value),
-            label=f"x{i}",
-        )
-        for i, ir in enumerate(irreps)
-    ]
     with jax.enable_x64(dtype == np.float64):
-        testing.assert_equivariant(fn, *inputs, matrix=matrix)
-        error = testing.equivariance_error(fn, *inputs, matrix=matrix)
+        inputs = [
+            data.draw(
+                testing.irreps_arrays(ir, leading_shape=(3,), dtype=dtype, max_value=max_value),
+                label=f"x{i}",
+            )
+            for i, ir in enumerate(irreps)
+        ]
+        testing.assert_equivariant(fn, *inputs, matrix=matrix, out_actions=out_actions)
+        error = testing.equivariance_error(fn, *inputs, matrix=matrix, out_actions=out_actions)
     assert 0.0 <= error < (1e-3 if dtype == np.float32 else 1e-10)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @hypothesis.given(data=st.data(), matrix=testing.o3_matrices())
 def test_pytree_inputs_and_outputs(dtype, data, matrix):
-    x = data.draw(testing.irreps_arrays("1o", leading_shape=(2,), dtype=dtype, max_value=1.0))
     scale = np.asarray(data.draw(st.floats(-2, 2, width=32)), dtype)
     with jax.enable_x64(dtype == np.float64):
+        x = data.draw(testing.irreps_arrays("1o", leading_shape=(2,), dtype=dtype, max_value=1.0))
         testing.assert_equivariant(pytree_io, {"x": x, "scale": jnp.asarray(scale)}, matrix=matrix)
 
 
@@ -176,10 +176,13 @@ def test_adding_a_constant_vector_fails(x, matrix):
 def test_plain_array_outputs_must_be_invariant(x, matrix):
     v = np.asarray(x.array, np.float64)
     hypothesis.assume(np.abs(matrix @ v - v).max() > 1e-2)
-    with pytest.raises(AssertionError, match=r"output \(array, shape \(3,\)"):
-        testing.assert_equivariant(plain_vector, x, matrix=matrix)
-    # The invariant norm, returned as a plain array, passes.
-    testing.assert_equivariant(lambda x: norm(x).array, x, matrix=matrix)
+    with pytest.raises(
+        AssertionError, match=r"output \(array, shape \(3,\), float32, declared 'inv"
+    ):
+        testing.assert_equivariant(plain_vector, x, matrix=matrix, out_actions="invariant")
+    # Declared a vector it passes, and so does the invariant norm declared invariant.
+    testing.assert_equivariant(plain_vector, x, matrix=matrix, out_actions="vector")
+    testing.assert_equivariant(lambda x: norm(x).array, x, matrix=matrix, out_actions="invariant")
 
 
 @hypothesis.given(x=testing.irreps_arrays("1o"), matrix=testing.rotations())
@@ -202,9 +205,9 @@ def test_plain_array_inputs_are_not_transformed(x, matrix):
 @pytest.mark.parametrize("dtype", DTYPES)
 @hypothesis.given(data=st.data(), rotation=testing.o3_matrices(inversion=False))
 def test_wrong_parity_passes_rotations_fails_inversions(dtype, data, rotation):
-    x = data.draw(testing.irreps_arrays("1o", leading_shape=(2,), dtype=dtype))
-    v = np.asarray(x.array, np.float64)
     with jax.enable_x64(dtype == np.float64):
+        x = data.draw(testing.irreps_arrays("1o", leading_shape=(2,), dtype=dtype))
+        v = np.asarray(x.array, np.float64)
         testing.assert_equivariant(wrong_parity, x, matrix=rotation)
         hypothesis.assume(np.abs(v).max() > 1e-2)
         with pytest.raises(AssertionError, match=r"rotoinversion(.|\n)*parities"):
@@ -279,12 +282,14 @@ def test_failure_message_names_leaf_error_and_tolerance():
     message = str(info.value)
     assert "1 of 2 output leaves differ" in message
     assert "rotoinversion (det -1)" in message
-    assert "output[1] (IrrepsArray 1x1e, shape (3,), float32)" in message
+    assert "output[1] (IrrepsArray 1x1e, shape (3,), float32, declared irreps 1x1e)" in message
     assert "max |fn(g.x) - g.fn(x)| = 6" in message
     assert "3 of 3 components" in message
     assert "index (2,)" in message  # the largest excess: 6 > 1e-5 + 1e-5 * 3
     assert "1e-05 + 1e-05*3" in message
     assert "output[0]" not in message
+    assert "M = [[-1., -0., -0.], [-0., -1., -0.], [-0., -0., -1.]]" in message
+    assert "only the inversion fails: check the parities" in message
 
 
 def test_mismatched_outputs_fail():
@@ -296,7 +301,7 @@ def test_mismatched_outputs_fail():
         testing.assert_equivariant(flip_irreps, _vector(), matrix=INVERSION)
     flip_shape = lambda x: x.array if x.array[0] > 0 else x.array[:2]  # noqa: E731
     with pytest.raises(AssertionError, match="shape"):
-        testing.assert_equivariant(flip_shape, _vector(), matrix=INVERSION)
+        testing.assert_equivariant(flip_shape, _vector(), matrix=INVERSION, out_actions="1o")
 
 
 def test_bad_arguments_raise():
@@ -305,7 +310,10 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="equivariance_error: matrix must be orthogonal"):
         testing.equivariance_error(norm, _vector(), matrix=np.ones((3, 3)))
     integer = e3nn.IrrepsArray("1o", jnp.array([1, 2, 3]))
-    with pytest.raises(TypeError, match=r"input\[0\] is an IrrepsArray of dtype int32"):
+    with pytest.raises(
+        TypeError,
+        match=r"input\[0\] \(IrrepsArray 1x1o, shape \(3,\), int32\) is declared irreps 1x1o, but only real floating",
+    ):
         testing.assert_equivariant(lambda x: x, integer, matrix=INVERSION)
     with pytest.raises(TypeError, match="not numeric"):
         testing.assert_equivariant(lambda x: "label", _vector(), matrix=INVERSION)

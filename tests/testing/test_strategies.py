@@ -161,13 +161,20 @@ def _check_values(array: np.ndarray, dtype, max_value: float):
 )
 @hypothesis.given(data=st.data())
 def test_irreps_arrays_shape_dtype_values(irreps, leading_shape, dtype, data):
-    x = data.draw(testing.irreps_arrays(irreps, leading_shape=leading_shape, dtype=dtype))
+    with jax.enable_x64(dtype == np.float64):
+        x = data.draw(testing.irreps_arrays(irreps, leading_shape=leading_shape, dtype=dtype))
     assert isinstance(x, e3nn.IrrepsArray)
     assert isinstance(x.array, jax.Array)
     assert x.irreps == e3nn.Irreps(irreps)
     assert x.shape == leading_shape + (e3nn.Irreps(irreps).dim,)
-    # float64 even though x64 is off here: the test body decides when to enable it.
     _check_values(np.asarray(x.array), dtype, 10.0)
+
+
+@hypothesis.given(data=st.data())
+def test_float64_needs_x64_while_drawing(data):
+    # Without x64 a float64 array would compute in float32 and hide float64-only errors.
+    with jax.enable_x64(False), pytest.raises(ValueError, match="float64 needs jax_enable_x64"):
+        data.draw(testing.irreps_arrays("1o", dtype=np.float64))
 
 
 @hypothesis.given(data=st.data())

@@ -130,3 +130,27 @@ def test_bad_arguments_raise():
         testing.graphs(testing.molecules(), cutoff=-1.0)
     with pytest.raises(TypeError, match="(?i)strategy"):
         testing.graphs(ase.Atoms("H"), cutoff=1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("buckets", [(4, 16), (8, 64)], ids=str)
+@hypothesis.given(data=st.data())
+def test_bucketed_graphs_share_few_shapes(buckets, data):
+    atoms = data.draw(st.one_of(testing.molecules(max_atoms=6), testing.crystals(max_atoms=3)))
+    graph = data.draw(testing.graphs(st.just(atoms), 3.0, buckets=buckets))
+    unpadded = Graph.from_atoms(atoms, 3.0)
+    nodes, edges = graph.positions.shape[0], graph.senders.shape[0]
+    # Powers of two times the multiples, the smallest with room for padding.
+    assert nodes in [buckets[0] * 2**k for k in range(4)] and nodes > len(atoms)
+    assert edges in [buckets[1] * 2**k for k in range(12)] and edges > unpadded.num_edges
+    assert nodes == buckets[0] or nodes // 2 <= len(atoms)
+    assert edges == buckets[1] or edges // 2 <= unpadded.num_edges
+    # The real part is the unpadded graph; one padding graph holds the rest.
+    assert int(graph.node_mask.sum()) == len(atoms)
+    assert int(graph.edge_mask.sum()) == unpadded.num_edges
+    np.testing.assert_array_equal(graph.positions[: len(atoms)], unpadded.positions)
+    assert graph.cell.shape == (2, 3, 3) and graph.graph_mask.tolist() == [True, False]
+
+
+def test_bad_buckets_raise():
+    with pytest.raises(ValueError, match="buckets must be"):
+        testing.graphs(testing.molecules(), 3.0, buckets=(0, 16))

@@ -1,0 +1,18 @@
+"""`import eqmlip.testing` stays light: no training stack, no potential machinery."""
+
+import subprocess
+import sys
+
+
+def test_import_does_not_load_the_training_stack():
+    code = (
+        "import sys, eqmlip.testing\n"
+        "heavy = ('eqmlip.training', 'optax', 'eqmlip.potential', 'eqmlip.calculator', "
+        "'eqmlip.io', 'eqmlip.md', 'eqmlip.parallel')\n"
+        "print(sorted({m.split('.')[0] + '.' + m.split('.')[1] if m.startswith('eqmlip.') "
+        "else m.split('.')[0] for m in sys.modules if m.startswith(heavy)}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert result.stdout.strip() == "[]", result.stdout
