@@ -23,6 +23,7 @@ from ..ops.activation import (
 from ._attention import MultiHeadAttention as MultiHeadAttention, SelfAttention as SelfAttention
 from ._batch_norm import BatchNorm as BatchNorm
 from ._e3x import Dense as Dense, FusedTensor as FusedTensor, Tensor as Tensor
+from ._e3x_models import Embed as Embed, TensorDense as TensorDense
 from ._linear import E3jLinear as E3jLinear, Linear as Linear
 from ._message_pass import MessagePass as MessagePass
 from ._mlp import MultiLayerPerceptron as MultiLayerPerceptron
