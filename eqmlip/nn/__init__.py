@@ -20,6 +20,7 @@ from ..ops.activation import (
     soft_sign as soft_sign,
     swish as swish,
 )
+from ..ops.layouts import add as add, change_max_degree_or_type as change_max_degree_or_type
 from ._attention import MultiHeadAttention as MultiHeadAttention, SelfAttention as SelfAttention
 from ._batch_norm import BatchNorm as BatchNorm
 from ._e3x import Dense as Dense, FusedTensor as FusedTensor, Tensor as Tensor

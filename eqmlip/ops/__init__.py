@@ -22,6 +22,7 @@ from .cutoffs import (
     smooth_cutoff as smooth_cutoff,
     smooth_damping as smooth_damping,
 )
+from .layouts import add as add, change_max_degree_or_type as change_max_degree_or_type
 from .linear import (
     LinearPath as LinearPath,
     bias_outputs as bias_outputs,
@@ -48,6 +49,13 @@ from .radial import (
     reciprocal_gaussian as reciprocal_gaussian,
     reciprocal_mapping as reciprocal_mapping,
     sinc as sinc,
+)
+from .segment import (
+    dense_pairwise_indices as dense_pairwise_indices,
+    indexed_softmax as indexed_softmax,
+    indexed_sum as indexed_sum,
+    normalize_and_return_norm as normalize_and_return_norm,
+    sparse_pairwise_indices as sparse_pairwise_indices,
 )
 from .so3 import (
     clebsch_gordan as clebsch_gordan,
