@@ -2,7 +2,16 @@
 
 from typing import Any
 
-from ..nn import Dense, FusedTensor, MessagePass, MultiHeadAttention, SelfAttention, Tensor
+from ..nn import (
+    Dense,
+    Embed,
+    FusedTensor,
+    MessagePass,
+    MultiHeadAttention,
+    SelfAttention,
+    Tensor,
+    TensorDense,
+)
 from ._flax import ParamSlot, StateSlot, flax_slots
 
 
@@ -52,6 +61,19 @@ def _tensor_scope(tensor: Tensor | FusedTensor) -> str:
 def _message_pass(module: MessagePass) -> tuple[list[ParamSlot], list[StateSlot]]:
     return [
         *_nested("filter", lambda m: m.filter, module.filter),
+        *_nested(_tensor_scope(module.tensor), lambda m: m.tensor, module.tensor),
+    ], []
+
+
+@flax_slots.register
+def _embed(module: Embed) -> tuple[list[ParamSlot], list[StateSlot]]:
+    return [ParamSlot(("params", "embedding"), lambda m: m.embedding)], []
+
+
+@flax_slots.register
+def _tensor_dense(module: TensorDense) -> tuple[list[ParamSlot], list[StateSlot]]:
+    return [
+        *_nested("dense", lambda m: m.dense, module.dense),
         *_nested(_tensor_scope(module.tensor), lambda m: m.tensor, module.tensor),
     ], []
 

@@ -21,7 +21,9 @@ from .cutoffs import (
     cosine_cutoff as cosine_cutoff,
     smooth_cutoff as smooth_cutoff,
     smooth_damping as smooth_damping,
+    smooth_switch as smooth_switch,
 )
+from .layouts import add as add, change_max_degree_or_type as change_max_degree_or_type
 from .linear import (
     LinearPath as LinearPath,
     bias_outputs as bias_outputs,
@@ -36,18 +38,31 @@ from .linear import (
 )
 from .radial import (
     basic_bernstein as basic_bernstein,
+    basic_chebyshev as basic_chebyshev,
     basic_fourier as basic_fourier,
     basic_gaussian as basic_gaussian,
     basis as basis,
     exponential_bernstein as exponential_bernstein,
+    exponential_chebyshev as exponential_chebyshev,
     exponential_fourier as exponential_fourier,
     exponential_gaussian as exponential_gaussian,
     exponential_mapping as exponential_mapping,
     reciprocal_bernstein as reciprocal_bernstein,
+    reciprocal_chebyshev as reciprocal_chebyshev,
     reciprocal_fourier as reciprocal_fourier,
     reciprocal_gaussian as reciprocal_gaussian,
     reciprocal_mapping as reciprocal_mapping,
+    rectangular_window as rectangular_window,
     sinc as sinc,
+    smooth_window as smooth_window,
+    triangular_window as triangular_window,
+)
+from .segment import (
+    dense_pairwise_indices as dense_pairwise_indices,
+    indexed_softmax as indexed_softmax,
+    indexed_sum as indexed_sum,
+    normalize_and_return_norm as normalize_and_return_norm,
+    sparse_pairwise_indices as sparse_pairwise_indices,
 )
 from .so3 import (
     clebsch_gordan as clebsch_gordan,

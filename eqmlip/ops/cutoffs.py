@@ -1,9 +1,11 @@
 """Cutoff functions, envelopes and damping of distances (e3x's and mlip's)."""
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -72,6 +74,62 @@ def smooth_damping(x: Float[Array, "*shape"], gamma: Scalar = 1.0) -> Float[Arra
     denominator = 1 - e
     ok = denominator * denominator > 0
     return jnp.where(ok, jnp.exp(-e / jnp.where(ok, denominator, 1.0)), 0.0).astype(x.dtype)
+
+
+_SWITCH_SLOPE = math.sqrt(3) / 2
+
+
+def _switch_parts(x: Array) -> tuple[Array, Array, Array, Array]:
+    """Masks `x <= 0`-ish and `x >= 1`-ish (within `epsneg`), a safe `x` inside, and
+    `exp(slope (1/x - 1/(1-x)))` there."""
+    eps = jnp.finfo(x.dtype).epsneg
+    below, above = x < eps, x > 1 - eps
+    inside = jnp.where(below | above, jnp.full_like(x, 0.5), x)
+    e = jnp.exp(_SWITCH_SLOPE * (1 / inside - 1 / (1 - inside)))
+    return below, above, inside, e
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def smooth_switch(
+    x: Float[Array, "*shape"], x0: float = 0.0, x1: float = 1.0
+) -> Float[Array, "*shape"]:
+    """Infinitely smooth step from 0 (at `x <= x0`) to 1 (at `x >= x1`), as
+    `e3x.nn.smooth_switch`.
+
+    $$s(x) = \\Big(1 + \\exp\\Big(\\tfrac{\\sqrt 3}{2}\\big(\\tfrac{1}{t} - \\tfrac{1}{1 - t}\\big)
+      \\Big)\\Big)^{-1}, \\qquad t = \\frac{x - x_0}{x_1 - x_0} \\in (0, 1)$$
+
+    Values within `epsneg` of the ends are set to exactly 0 and 1, and the derivative (a
+    custom JVP) is 0 there and wherever its factors underflow, so that derivatives of any
+    order stay finite.
+
+    **Arguments:**
+
+    - `x`: input values.
+    - `x0`, `x1`: the ends of the step, `x0 < x1`.
+
+    **Returns:** shape and dtype of `x`.
+    """
+    if not x0 < x1:
+        raise ValueError(f"smooth_switch: x1 must be larger than x0, got x0={x0} and x1={x1}.")
+    if x0 != 0.0 or x1 != 1.0:
+        x = (x - x0) / (x1 - x0)
+    below, above, _, e = _switch_parts(x)
+    return jnp.where(below, jnp.zeros_like(x), jnp.where(above, jnp.ones_like(x), 1 / (1 + e)))
+
+
+@smooth_switch.defjvp
+def _smooth_switch_jvp(x0: float, x1: float, primals: tuple, tangents: tuple) -> tuple:
+    (x,), (x_dot,) = primals, tangents
+    if x0 != 0.0 or x1 != 1.0:
+        x, x_dot = (x - x0) / (x1 - x0), x_dot / (x1 - x0)
+    below, above, t, e = _switch_parts(x)
+    value = jnp.where(below, jnp.zeros_like(x), jnp.where(above, jnp.ones_like(x), 1 / (1 + e)))
+    # ds/dt = slope (1/t^2 + 1/(1-t)^2) e s^2, set to 0 at the ends and where it underflows.
+    square = value * value
+    slope = _SWITCH_SLOPE * (1 / (t * t) + 1 / ((1 - t) * (1 - t))) * e * square
+    zero = below | above | (square == 0) | (e == 0)
+    return value, jnp.where(zero, jnp.zeros_like(x), slope) * x_dot
 
 
 def polynomial_envelope(

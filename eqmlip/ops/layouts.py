@@ -163,3 +163,43 @@ def change_max_degree_or_type(
         odd_part = jnp.where(jnp.asarray(odd)[:, None], x[..., 0, :, :], zero)
         return jnp.stack([even, odd_part], axis=-3)
     return x
+
+
+def add(*inputs: Float[Array, "*batch _p _dim f"]) -> Float[Array, "*batch q dim2 f"]:
+    """Sum e3x features of different degrees and parity axes (e3x's `nn.add`).
+
+    $$y = \\sum_i \\mathrm{change\\_max\\_degree\\_or\\_type}(x_i,\\ L, P)$$
+
+    with `L` the largest input degree and `P = 2` if any input has pseudotensors: each
+    `(parity, degree)` block is added only to the same block of the others, where plain `+`
+    would fail or, worse, broadcast an axis of size 1 into the wrong blocks.
+
+    **Arguments:**
+
+    - `*inputs`: one or more feature arrays `(..., P_i, (L_i+1)**2, F)` with the same batch
+        axes, feature count `F` and dtype.
+
+    **Returns:** `(..., P, (L+1)**2, F)`, dtype of the inputs.
+    """
+    if not inputs:
+        raise ValueError("add: expected at least one input, got none.")
+    first = inputs[0]
+    num_parity, max_degree = 1, 0
+    for i, x in enumerate(inputs):
+        p, degree, features = feature_shape(x.shape, caller=f"add: input {i}")
+        if tuple(x.shape[:-3]) != tuple(first.shape[:-3]) or features != first.shape[-1]:
+            raise ValueError(
+                f"add: every input needs the batch axes and feature count of input 0, shape "
+                f"{(*first.shape[:-3], '.', '.', first.shape[-1])}; input {i} has shape "
+                f"{x.shape}."
+            )
+        if x.dtype != first.dtype:
+            raise TypeError(
+                f"add: every input needs the dtype of input 0 ({first.dtype}); input {i} has "
+                f"dtype {x.dtype}."
+            )
+        num_parity, max_degree = max(num_parity, p), max(max_degree, degree)
+    total = change_max_degree_or_type(first, max_degree, num_parity == 2)
+    for x in inputs[1:]:
+        total = total + change_max_degree_or_type(x, max_degree, num_parity == 2)
+    return total

@@ -14,10 +14,12 @@ are computed from real data and then excluded, never read as garbage. Leading ba
 `...` are shared by the features and the indices.
 """
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, Integer, Shaped
 
 
@@ -27,6 +29,122 @@ def safe_norm(vectors: Float[Array, "*batch 3"]) -> Float[Array, " *batch"]:
     squared = jnp.sum(vectors * vectors, axis=-1)
     zero = squared == 0.0
     return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, squared)))
+
+
+Axis = int | tuple[int, ...] | None
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def norm(x: Float[Array, "..."], axis: Axis = None, keepdims: bool = False) -> Float[Array, "..."]:
+    """Euclidean norm over `axis` (all axes by default), safe at 0 (e3x's `ops.norm`).
+
+    $$\\lVert x \\rVert = a \\sqrt{\\textstyle\\sum (x / a)^2}, \\qquad a = \\max |x|$$
+
+    The scaling by the largest entry `a` keeps huge entries from overflowing and tiny ones
+    from underflowing; the derivative is `x / |x|`, and 0 where `|x| = 0` (no NaN).
+
+    Difference from e3x: `a` is the maximum over the reduced axes of each norm, not over the
+    whole array (the same norms up to rounding, and no vector is lost to underflow because
+    another one in the batch is huge).
+
+    **Arguments:**
+
+    - `x`: input array.
+    - `axis`: axis or axes to reduce; `None` for all.
+    - `keepdims`: keep the reduced axes with size 1.
+
+    **Returns:** the norms, dtype of `x`.
+    """
+    scale = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+    scaled = x / scale
+    out = scale * jnp.sqrt(jnp.sum(scaled * scaled, axis=axis, keepdims=True))
+    return out if keepdims else jnp.squeeze(out, axis=axis)
+
+
+@norm.defjvp
+def _norm_jvp(axis: Axis, keepdims: bool, primals: tuple, tangents: tuple) -> tuple:
+    (x,), (x_dot,) = primals, tangents
+    n = norm(x, axis, True)
+    direction = x / jnp.where(n > 0, n, jnp.ones_like(n))
+    tangent = jnp.sum(x_dot * direction, axis=axis, keepdims=True)
+    if not keepdims:
+        n, tangent = jnp.squeeze(n, axis=axis), jnp.squeeze(tangent, axis=axis)
+    return n, tangent
+
+
+def normalize_and_return_norm(
+    x: Float[Array, "..."], axis: Axis = None, keepdims: bool = False
+) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+    """`(x / |x|, |x|)` with the norm of [`eqmlip.ops.segment.norm`][] (e3x's
+    `ops.normalize_and_return_norm`).
+
+    Where `|x|^2` is below the smallest normal number of the dtype, `x` is returned unchanged
+    (dividing by such a norm is unstable), so values and gradients stay finite at `x = 0`.
+
+    **Arguments:**
+
+    - `x`: input array.
+    - `axis`: axis or axes of the norm; `None` for all.
+    - `keepdims`: keep the reduced axes of the norm with size 1 (the normalised array always
+        has the shape of `x`).
+
+    **Returns:** the normalised array (shape of `x`) and the norm.
+    """
+    n = norm(x, axis, True)
+    unit = x / jnp.where(n * n > jnp.finfo(x.dtype).tiny, n, jnp.ones_like(n))
+    return unit, (n if keepdims else jnp.squeeze(n, axis=axis))
+
+
+def normalize(x: Float[Array, "..."], axis: Axis = None) -> Float[Array, "..."]:
+    """`x / |x|` over `axis`, `x` itself where `|x|` is about 0 (e3x's `ops.normalize`).
+
+    **Returns:** shape and dtype of `x`.
+    """
+    return normalize_and_return_norm(x, axis, True)[0]
+
+
+def dense_pairwise_indices(num: int, mask_self: bool = True) -> Int[Array, "{num} _m"]:
+    """Dense indices of all pairs of `num` nodes (e3x's `ops.dense_pairwise_indices`): row `i`
+    lists `0..num-1`, without `i` itself if `mask_self`.
+
+    **Arguments:**
+
+    - `num`: the number of nodes, at least 1.
+    - `mask_self`: leave out self-pairs `(i, i)`.
+
+    **Returns:** int32 `adj_idx` of shape `(num, num - 1)` (`mask_self`) or `(num, num)`.
+    """
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"dense_pairwise_indices: num must be an int >= 1, got {num!r}.")
+    columns = np.tile(np.arange(num), (num, 1))
+    if mask_self:
+        columns = columns[~np.eye(num, dtype=bool)].reshape(num, num - 1)
+    return jnp.asarray(columns, jnp.int32)
+
+
+def sparse_pairwise_indices(
+    num: int, mask_self: bool = True
+) -> tuple[Int[Array, " edges"], Int[Array, " edges"]]:
+    """Sparse indices of all pairs of `num` nodes (e3x's `ops.sparse_pairwise_indices`), in
+    row-major order: `(dst_idx, src_idx)` runs over `(0, 0), (0, 1), ..., (num-1, num-1)`,
+    without the pairs `(i, i)` if `mask_self`.
+
+    **Arguments:**
+
+    - `num`: the number of nodes, at least 1.
+    - `mask_self`: leave out self-pairs.
+
+    **Returns:** int32 `dst_idx` and `src_idx`, each of length `num (num - 1)` (`mask_self`)
+    or `num**2`.
+    """
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"sparse_pairwise_indices: num must be an int >= 1, got {num!r}.")
+    dst, src = np.divmod(np.arange(num * num), num)
+    if mask_self:
+        keep = dst != src
+        dst, src = dst[keep], src[keep]
+    return jnp.asarray(dst, jnp.int32), jnp.asarray(src, jnp.int32)
 
 
 def mask_rows(
@@ -206,6 +324,7 @@ def _valid_edges(
 
 def indexed_sum(
     x: Shaped[Array, "..."],
+    keepdims: bool = False,
     *,
     adj_idx: Integer[Array, "*batch n m"] | None = None,
     where: Bool[Array, "*batch n m"] | None = None,
@@ -219,23 +338,29 @@ def indexed_sum(
     Sparse: `jax.ops.segment_sum` by `dst_idx` into `num_segments` rows; destinations outside
     `[0, num_segments)` are dropped.
 
-    **Returns:** `(..., N, *rest)` (dense) or `(..., num_segments, *rest)` (sparse).
+    With `keepdims` (e3x's `keepdims`), the sums come back in a shape that broadcasts against
+    `x`: dense keeps the neighbour axis with size 1, sparse gives each edge the sum of its
+    destination.
+
+    **Returns:** `(..., N, *rest)` (dense) or `(..., num_segments, *rest)` (sparse); with
+    `keepdims`, `(..., N, 1, *rest)` or `(..., E, *rest)`.
     """
     if adj_idx is not None:
         if dst_idx is not None:
             raise ValueError("indexed_sum: pass exactly one of adj_idx and dst_idx.")
         axis = adj_idx.ndim - 1
         if where is None:
-            return jnp.sum(x, axis=axis)
+            return jnp.sum(x, axis=axis, keepdims=keepdims)
         mask = jnp.reshape(where, (*where.shape, *(1,) * (x.ndim - where.ndim)))
-        return jnp.sum(jnp.where(mask, x, jnp.zeros((), x.dtype)), axis=axis)
+        return jnp.sum(jnp.where(mask, x, jnp.zeros((), x.dtype)), axis=axis, keepdims=keepdims)
     if dst_idx is None or num_segments is None:
         raise ValueError("indexed_sum: sparse sums need dst_idx and num_segments.")
 
     def segment_sum(values: Array, idx: Array) -> Array:
-        return jax.ops.segment_sum(
+        total = jax.ops.segment_sum(
             values, idx, num_segments=num_segments, indices_are_sorted=indices_are_sorted
         )
+        return total[idx] if keepdims else total
 
     return _batched(segment_sum, dst_idx.ndim - 1)(x, dst_idx)
 

@@ -56,3 +56,24 @@ def test_deterministic_segment_sum():
         jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32)
     )
     assert empty.shape == (3, 2) and not np.any(np.asarray(empty))
+
+
+@jax.jit
+def _norm_and_grad(x):
+    return ops.segment.norm(x, axis=-1), jax.grad(lambda x: jnp.sum(ops.segment.norm(x, axis=-1)))(
+        x
+    )
+
+
+def test_norm_is_safe_and_scales_each_vector_by_its_own_entries():
+    """A zero vector has norm 0 and gradient 0; a tiny vector beside a huge one keeps its norm
+    (e3x's `ops.norm` scales by the largest entry of the whole array and returns 0 here)."""
+    x = jnp.asarray([[0.0, 0.0, 0.0], [3e-30, -4e-30, 0.0], [3e30, 0.0, -4e30]], jnp.float32)
+    n, g = _norm_and_grad(x)
+    np.testing.assert_allclose(n, [0.0, 5e-30, 5e30], rtol=1e-6)
+    np.testing.assert_allclose(g, [[0, 0, 0], [0.6, -0.8, 0], [0.6, 0, -0.8]], rtol=1e-6)
+    unit, norm = ops.segment.normalize_and_return_norm(x, axis=-1, keepdims=True)
+    assert norm.shape == (3, 1)
+    np.testing.assert_allclose(unit[2], [0.6, 0, -0.8], rtol=1e-6)
+    # |x|^2 below the smallest normal float32: left unnormalised, as e3x does.
+    np.testing.assert_array_equal(unit[:2], x[:2])
