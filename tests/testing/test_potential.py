@@ -89,7 +89,9 @@ def test_periodic_pair_potential_has_every_symmetry(x64, atoms, data):
 def _caught(fn, **check):
     """Run a check over the shipped profile's examples; return the failure message."""
 
-    @testing.hypothesis_settings(database=None, report_multiple_bugs=False)
+    # Pairs within the cutoff across a cell face are rare in these draws (about 1 in 20
+    # examples); 100 examples find the broken symmetry with a margin.
+    @testing.hypothesis_settings(max_examples=100, database=None, report_multiple_bugs=False)
     @hypothesis.given(atoms=CRYSTALS, data=st.data())
     def run(atoms, data):
         elements = data.draw(_elements(atoms))
