@@ -1,5 +1,6 @@
 """Static-shape batches: structures packed to node/edge/graph budgets, padded to a few buckets."""
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -250,8 +251,9 @@ class GraphLoader:
         structures. Each must hold the largest single structure.
     - `graphs`: the structures' graphs at `cutoff`, if already built.
 
-    **Attributes:** `structures`, `budgets`, `max_nodes`, `max_edges`, `epoch`, and `graphs`:
-    each structure's unpadded [`eqmlip.Graph`][] (the ones given, else built on first use).
+    **Attributes:** `structures`, `species` (their atomic numbers), `budgets`, `max_nodes`,
+    `max_edges`, `epoch`, and `graphs`: each structure's unpadded [`eqmlip.Graph`][] (the ones
+    given, else built on first use).
     """
 
     def __init__(
@@ -324,6 +326,11 @@ class GraphLoader:
                     f"{int(sizes[k])} {name[4:]}; raise {name} to at least {int(sizes.max())}."
                 )
         self.budgets = self._choose_budgets()
+
+    @functools.cached_property
+    def species(self) -> frozenset[int]:
+        """The atomic numbers found in the loader's structures (computed once)."""
+        return frozenset(int(z) for s in self.structures for z in np.unique(s.atomic_numbers))
 
     @property
     def graphs(self) -> list[Graph]:

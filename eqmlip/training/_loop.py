@@ -77,7 +77,8 @@ def evaluate(
     "stress_rmse", "num_structures"[, "loss"]}`.
     """
     dtype = parameter_dtype(model)
-    if isinstance(loader, GraphLoader):
+    # Once per loader (cached), not once per structure and evaluation: train() evaluates often.
+    if isinstance(loader, GraphLoader) and not loader.species <= set(model.species):
         check_known_species(
             loader.structures, model.species, what="loader", known="the model", item="structure"
         )
@@ -387,7 +388,7 @@ def train(
     if config.log_dir is not None:
         potential_name(model)  # model files name the class: refuse an unregistered one now
     for name, loader in (("train_loader", train_loader), ("valid_loader", valid_loader)):
-        if loader is not None:
+        if loader is not None and not loader.species <= set(model.species):
             check_known_species(
                 loader.structures, model.species, what=name, known="the model", item="structure"
             )
