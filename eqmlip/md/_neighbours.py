@@ -209,9 +209,9 @@ def build(
         shift = jnp.asarray(table)[image] - offsets[receiver] + offsets[sender]
         slots = count + jnp.arange(found)
         slots = jnp.where(jnp.arange(found) < block_count, slots, capacity)  # dropped
-        senders = senders.at[slots].set(sender, mode="drop")
-        receivers = receivers.at[slots].set(receiver, mode="drop")
-        shifts = shifts.at[slots].set(shift, mode="drop")
+        senders = senders.at[slots].set(sender.astype(jnp.int32), mode="drop")
+        receivers = receivers.at[slots].set(receiver.astype(jnp.int32), mode="drop")
+        shifts = shifts.at[slots].set(shift.astype(jnp.int32), mode="drop")
         return (senders, receivers, shifts, count + block_count), None
 
     initial = (
@@ -309,8 +309,8 @@ def edges(
     (chosen,) = jnp.nonzero(within, size=capacity, fill_value=0)
     real = jnp.arange(capacity) < count
     return Edges(
-        senders=jnp.where(real, neighbours.senders[chosen], nodes),
-        receivers=jnp.where(real, neighbours.receivers[chosen], nodes),
+        senders=jnp.where(real, neighbours.senders[chosen], jnp.int32(nodes)),
+        receivers=jnp.where(real, neighbours.receivers[chosen], jnp.int32(nodes)),
         shifts=jnp.where(real[:, None], neighbours.shifts[chosen], 0),
         count=count,
         overflow=count > capacity,
