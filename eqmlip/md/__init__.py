@@ -1,5 +1,23 @@
-"""Molecular dynamics inside JAX: jitted integrators with an on-device neighbour list."""
+"""Molecular dynamics inside JAX: jitted integrators (NVE, Langevin NVT, Berendsen NPT), FIRE
+relaxation and replicas, with neighbour lists built and updated on the device.
 
+```python
+from eqmlip.md import simulate
+result = simulate(model, atoms, steps=1000, ensemble="nvt", timestep=1.0, temperature=300.0)
+result.temperature, result.atoms[0]
+```
+"""
+
+from ._engine import (
+    ENSEMBLES as ENSEMBLES,
+    MDResult as MDResult,
+    MDState as MDState,
+    RelaxResult as RelaxResult,
+    kinetic_energy as kinetic_energy,
+    maxwell_boltzmann as maxwell_boltzmann,
+    relax as relax,
+    simulate as simulate,
+)
 from ._neighbours import (
     NeighbourList as NeighbourList,
     NeighbourSpec as NeighbourSpec,

@@ -115,8 +115,8 @@ def _graph(
         pbc=jnp.stack([constants.pbc, jnp.zeros(3, bool)]),
         n_node=jnp.array([nodes, 1], jnp.int32),
         n_edge=jnp.stack([edges.count, capacity - edges.count]).astype(jnp.int32),
-        node_mask=jnp.arange(nodes + 1) < nodes,
-        edge_mask=jnp.arange(capacity) < edges.count,
+        node_mask=jnp.arange(nodes + 1, dtype=jnp.int32) < nodes,
+        edge_mask=jnp.arange(capacity, dtype=jnp.int32) < edges.count,
         graph_mask=jnp.array([True, False]),
         dataset_idx=jnp.stack([constants.dataset_idx, jnp.zeros((), jnp.int32)]),
         charge=jnp.stack([constants.charge, jnp.zeros((), jnp.int32)]),
@@ -257,7 +257,7 @@ def _chunk(
         if periodic:
             pressure = jax.vmap(_pressure)(s.stress, kinetic, s.cell)
         else:
-            pressure = jnp.full_like(kinetic, jnp.nan)
+            pressure = jnp.zeros_like(kinetic)  # NaN on the host: none without a cell
         obs = Observables(
             obs.potential.at[i].set(s.energy),
             obs.kinetic.at[i].set(kinetic),
@@ -331,10 +331,15 @@ def maxwell_boltzmann(
     removed."""
     rng = np.random.default_rng(seed)
     masses = np.asarray(masses, np.float64)
-    momenta = rng.standard_normal((len(masses), 3)) * np.sqrt(
-        masses * ase.units.kB * temperature
-    )[:, None]
+    momenta = (
+        rng.standard_normal((len(masses), 3))
+        * np.sqrt(masses * ase.units.kB * temperature)[:, None]
+    )
     return momenta - masses[:, None] * momenta.sum(0) / masses.sum()
+
+
+def _pbc_of(atoms: ase.Atoms) -> tuple[bool, bool, bool]:
+    return (bool(atoms.pbc[0]), bool(atoms.pbc[1]), bool(atoms.pbc[2]))
 
 
 def _check_positive(name: str, value: float, unit: str, *, zero: bool = False) -> float:
@@ -440,14 +445,17 @@ def simulate(
     """
     if not isinstance(model, AbstractPotential):
         raise TypeError(
-            f"simulate: model must be an eqmlip.models.AbstractPotential, got {type(model).__name__}."
+            "simulate: model must be an eqmlip.models.AbstractPotential, got "
+            f"{type(model).__name__}."
         )
     if ensemble not in ENSEMBLES:
         raise InputError(f"simulate: ensemble must be one of {ENSEMBLES}, got {ensemble!r}.")
     if int(steps) != steps or steps < 0:
         raise InputError(f"simulate: steps must be a non-negative integer, got {steps}.")
     if int(every) != every or every < 1 or int(chunk) != chunk or chunk < 1:
-        raise InputError(f"simulate: every and chunk must be positive integers, got {every}, {chunk}.")
+        raise InputError(
+            f"simulate: every and chunk must be positive integers, got {every}, {chunk}."
+        )
     timestep = _check_positive("timestep", timestep, "fs")
     friction = _check_positive("friction", friction, "1/fs", zero=ensemble == "nve")
     skin = _check_positive("skin", skin, "Å", zero=True)
@@ -461,7 +469,7 @@ def simulate(
     if np.any(~np.isfinite(temperatures)) or np.any(temperatures < 0):
         raise InputError(f"simulate: temperatures must be >= 0 K, got {temperatures.tolist()}.")
     first = replicas[0]
-    pbc = tuple(bool(p) for p in first.pbc)
+    pbc = _pbc_of(first)
     if ensemble == "npt" and not all(pbc):
         raise InputError(
             f"simulate: the npt ensemble needs a fully periodic cell, got pbc {list(pbc)}."
@@ -483,8 +491,12 @@ def simulate(
         if not np.all(np.isfinite(positions)):
             raise InputError(f"simulate: replica {k} has non-finite positions.")
         if min_distance is not None:
-            close = neighbour_list(positions, atoms.cell.array, atoms.pbc, min_distance, min_distance=None)
-            check_min_distance(positions, atoms.cell.array, close, min_distance, f"simulate (replica {k})")
+            close = neighbour_list(
+                positions, atoms.cell.array, atoms.pbc, min_distance, min_distance=None
+            )
+            check_min_distance(
+                positions, atoms.cell.array, close, min_distance, f"simulate (replica {k})"
+            )
 
     dtype = parameter_dtype(model)
     masses = np.asarray(first.get_masses(), np.float64)
@@ -498,11 +510,16 @@ def simulate(
     cells = np.stack([a.cell.array for a in replicas])
     spec = initial_capacity
     if spec is None:
-        specs = [nl.allocate(x, c, pbc, model.cutoff, skin) for x, c in zip(positions, cells, strict=True)]
+        specs = [
+            nl.allocate(x, c, pbc, model.cutoff, skin)
+            for x, c in zip(positions, cells, strict=True)
+        ]
         spec = specs[0]
         for other in specs[1:]:
             spec = nl.grow(spec, other.candidate_capacity, other.edge_capacity, growth=1.0)
-            spec = spec._replace(images=tuple(max(a, b) for a, b in zip(spec.images, other.images, strict=True)))
+            spec = spec._replace(
+                images=tuple(max(a, b) for a, b in zip(spec.images, other.images, strict=True))
+            )
     charge = int(first.info.get("charge", 0))
     constants = _Constants(
         atomic_numbers=jnp.asarray(first.numbers, jnp.int32),
@@ -523,7 +540,9 @@ def simulate(
     compile_seconds = 0.0
     reallocations = 0
 
-    def start_state(x: np.ndarray, c: np.ndarray, p: np.ndarray, key: Array, spec: nl.NeighbourSpec):
+    def start_state(
+        x: np.ndarray, c: np.ndarray, p: np.ndarray, key: Array, spec: nl.NeighbourSpec
+    ):
         nonlocal compile_seconds
         begin = time.perf_counter()
         static = _Static(spec, ensemble, chunk)
@@ -565,7 +584,7 @@ def simulate(
     writers = _trajectory_paths(trajectory, count)
     if writers:
         _write_frames(writers, state, first, masses, pbc, append=False)
-    records: list[Observables] = []
+    records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     done_steps = 0
     loop_seconds = 0.0
     progress_start = time.perf_counter()
@@ -589,7 +608,13 @@ def simulate(
             state = redo
             continue
         done = int(done)
-        records.append(Observables(*(np.asarray(o[:done]) for o in observables)))
+        records.append(
+            (
+                np.asarray(observables.potential[:done]),
+                np.asarray(observables.kinetic[:done]),
+                np.asarray(observables.pressure[:done]),
+            )
+        )
         state = new_state
         done_steps += done
         if writers:
@@ -601,9 +626,12 @@ def simulate(
 
     dof = 3 * len(first) - 3 if len(first) > 1 else 3
     if records:
-        potential = np.concatenate([r.potential for r in records])
-        kinetic = np.concatenate([r.kinetic for r in records])
-        pressures = np.concatenate([r.pressure for r in records]) / ase.units.GPa
+        potential, kinetic, pressures = (
+            np.concatenate(parts) for parts in zip(*records, strict=True)
+        )
+        pressures = pressures / ase.units.GPa
+        if not all(pbc):
+            pressures = np.full_like(pressures, np.nan)
     else:
         potential = kinetic = pressures = np.zeros((0, count))
     return MDResult(
@@ -672,3 +700,228 @@ def _write_frames(
 ) -> None:
     for path, atoms in zip(paths, _final_atoms(state, first, masses, pbc), strict=True):
         ase.io.write(path, atoms, format="extxyz", append=append)
+
+
+class _FireState(NamedTuple):
+    positions: Float[Array, "1 nodes 3"]
+    velocity: Float[Array, "1 nodes 3"]
+    timestep: Float[Array, ""]
+    alpha: Float[Array, ""]
+    downhill: Int[Array, ""]
+    started: Bool[Array, ""]
+    forces: Forces
+    neighbours: nl.NeighbourList
+    steps: Int[Array, ""]
+
+
+class _FireParameters(NamedTuple):
+    fmax: Float[Array, ""]
+    max_steps: Int[Array, ""]
+    maxstep: Float[Array, ""]
+    dtmax: Float[Array, ""]
+    nmin: Int[Array, ""]
+    finc: Float[Array, ""]
+    fdec: Float[Array, ""]
+    astart: Float[Array, ""]
+    fa: Float[Array, ""]
+
+
+def _fire_converged(state: _FireState, parameters: _FireParameters) -> Bool[Array, ""]:
+    largest = jnp.max(jnp.sum(state.forces.forces**2, axis=-1))
+    return largest < parameters.fmax**2
+
+
+@eqx.filter_jit
+def _fire_loop(
+    model: AbstractPotential,
+    state: _FireState,
+    parameters: _FireParameters,
+    constants: _Constants,
+    static: _Static,
+) -> tuple[_FireState, Bool[Array, ""]]:
+    """ASE's FIRE, step for step, until converged, out of steps or a neighbour overflow (then
+    the last state before the overflowing step is returned with the flag)."""
+
+    def step(s: _FireState) -> _FireState:
+        f = s.forces.forces
+        v = s.velocity
+        vf = jnp.vdot(f, v)
+        f_norm = jnp.sqrt(jnp.vdot(f, f))
+        v_norm = jnp.sqrt(jnp.vdot(v, v))
+        uphill = s.started & ~(vf > 0.0)
+        mixed = (1.0 - s.alpha) * v + s.alpha * f / jnp.where(f_norm > 0, f_norm, 1.0) * v_norm
+        accelerate = s.started & (vf > 0.0) & (s.downhill > parameters.nmin)
+        v = jnp.where(uphill, 0.0, jnp.where(s.started, mixed, v))
+        dt = jnp.where(
+            accelerate,
+            jnp.minimum(s.timestep * parameters.finc, parameters.dtmax),
+            jnp.where(uphill, s.timestep * parameters.fdec, s.timestep),
+        )
+        alpha = jnp.where(
+            accelerate, s.alpha * parameters.fa, jnp.where(uphill, parameters.astart, s.alpha)
+        )
+        downhill = jnp.where(uphill, 0, jnp.where(s.started, s.downhill + 1, s.downhill))
+        v = v + dt * f
+        dr = dt * v
+        norm = jnp.sqrt(jnp.vdot(dr, dr))
+        dr = jnp.where(norm > parameters.maxstep, parameters.maxstep * dr / norm, dr)
+        x = s.positions + dr
+        cell = s.neighbours.reference_cell  # the cell is fixed
+        forces, neighbours = _evaluate(model, x, cell, s.neighbours, constants, static)
+        return _FireState(
+            x, v, dt, alpha, downhill, jnp.ones((), bool), forces, neighbours, s.steps + 1
+        )
+
+    def overflowed(s: _FireState) -> Bool[Array, ""]:
+        return jnp.any(s.neighbours.overflow) | jnp.any(s.forces.overflow)
+
+    def cond(carry):
+        s, overflow = carry
+        return ~overflow & ~_fire_converged(s, parameters) & (s.steps < parameters.max_steps)
+
+    def body(carry):
+        s, _ = carry
+        new = step(s)
+        bad = overflowed(new)
+        return jax.tree.map(lambda a, b: jnp.where(bad, a, b), s, new), bad
+
+    return jax.lax.while_loop(cond, body, (state, jnp.zeros((), bool)))
+
+
+@dataclasses.dataclass
+class RelaxResult:
+    """What [`eqmlip.md.relax`][] returns: the relaxed `atoms` (energy and forces attached),
+    whether the largest force fell below `fmax` (`converged`), the optimiser `steps` taken,
+    the final `energy` (eV) and largest force `fmax` (eV/Å), and the neighbour `reallocations`."""
+
+    atoms: ase.Atoms
+    converged: bool
+    steps: int
+    energy: float
+    fmax: float
+    reallocations: int
+
+
+def relax(
+    model: AbstractPotential,
+    atoms: ase.Atoms,
+    *,
+    fmax: float = 0.05,
+    steps: int = 1000,
+    maxstep: float = 0.2,
+    timestep: float = 0.1,
+    dtmax: float = 1.0,
+    skin: float = 1.0,
+    dataset_idx: int = 0,
+    min_distance: float | None = MIN_DISTANCE,
+) -> RelaxResult:
+    """Relax atomic positions (fixed cell) with FIRE, entirely on the device.
+
+    The algorithm and its defaults are ASE's `ase.optimize.FIRE` (`dt=0.1`, `maxstep=0.2`,
+    `dtmax=1.0`, `Nmin=5`, `finc=1.1`, `fdec=0.5`, `astart=0.1`, `fa=0.99`), step for step, and
+    the stopping rule is `Optimizer.run(fmax, steps)`'s: the largest per-atom force below
+    `fmax`, or `steps` optimiser steps.
+
+    **Arguments:** `model`, `atoms` (any periodicity), `fmax` (eV/Å), `steps`, `maxstep` (Å),
+    `timestep` and `dtmax` (FIRE's internal units, as ASE's), `skin` (Å), `dataset_idx`,
+    `min_distance` (see [`eqmlip.md.simulate`][]).
+
+    **Returns:** an [`eqmlip.md.RelaxResult`][].
+    """
+    fmax = _check_positive("fmax", fmax, "eV/Å")
+    maxstep = _check_positive("maxstep", maxstep, "Å")
+    if int(steps) != steps or steps < 0:
+        raise InputError(f"relax: steps must be a non-negative integer, got {steps}.")
+    (atoms,) = _as_replicas(atoms)
+    unknown = ~np.isin(atoms.numbers, model.species)
+    if unknown.any():
+        atom = int(np.argmax(unknown))
+        raise InputError(
+            f"relax: element {atoms.get_chemical_symbols()[atom]} (atom {atom}) is not among "
+            f"the model's species {list(model.species)}."
+        )
+    positions = np.asarray(atoms.positions, np.float64)
+    cell = np.asarray(atoms.cell.array, np.float64)
+    pbc = _pbc_of(atoms)
+    if min_distance is not None:
+        close = neighbour_list(positions, cell, atoms.pbc, min_distance, min_distance=None)
+        check_min_distance(positions, cell, close, min_distance, "relax")
+    dtype = parameter_dtype(model)
+    constants = _Constants(
+        atomic_numbers=jnp.asarray(atoms.numbers, jnp.int32),
+        masses=jnp.asarray(atoms.get_masses(), dtype),
+        timestep=jnp.zeros((), dtype),
+        kT=jnp.zeros(1, dtype),
+        friction=jnp.zeros((), dtype),
+        pressure=jnp.zeros((), dtype),
+        compressibility=jnp.zeros((), dtype),
+        barostat_time=jnp.ones((), dtype),
+        dataset_idx=jnp.asarray(dataset_idx, jnp.int32),
+        charge=jnp.asarray(int(atoms.info.get("charge", 0)), jnp.int32),
+        pbc=jnp.asarray(pbc),
+    )
+    parameters = _FireParameters(
+        fmax=jnp.asarray(fmax, dtype),
+        max_steps=jnp.asarray(steps, jnp.int32),
+        maxstep=jnp.asarray(maxstep, dtype),
+        dtmax=jnp.asarray(dtmax, dtype),
+        nmin=jnp.asarray(5, jnp.int32),
+        finc=jnp.asarray(1.1, dtype),
+        fdec=jnp.asarray(0.5, dtype),
+        astart=jnp.asarray(0.1, dtype),
+        fa=jnp.asarray(0.99, dtype),
+    )
+    spec = nl.allocate(positions, cell, pbc, model.cutoff, skin)
+    x = jnp.asarray(positions[None], dtype)
+    c = jnp.asarray(cell[None], dtype)
+    static = _Static(spec, "relax", 0)
+    forces, neighbours = _initial(model, x, c, constants, static)
+    state = _FireState(
+        positions=x,
+        velocity=jnp.zeros_like(x),
+        timestep=jnp.asarray(timestep, dtype),
+        alpha=jnp.asarray(0.1, dtype),
+        downhill=jnp.zeros((), jnp.int32),
+        started=jnp.zeros((), bool),
+        forces=forces,
+        neighbours=neighbours,
+        steps=jnp.zeros((), jnp.int32),
+    )
+    reallocations = 0
+    while True:
+        if bool(jnp.any(state.neighbours.overflow) | jnp.any(state.forces.overflow)):
+            overflow = jnp.ones((), bool)
+        else:
+            state, overflow = _fire_loop(model, state, parameters, constants, static)
+        if not bool(overflow):
+            break
+        # Grow, rebuild the lists at the last good positions, and go on from that state.
+        reallocations += 1
+        here = np.asarray(state.positions[0], np.float64)
+        spec = nl.grow(
+            nl.allocate(here, cell, pbc, model.cutoff, skin, previous=spec),
+            int(jnp.max(state.neighbours.count)),
+            int(jnp.max(state.forces.num_edges)),
+        )
+        static = _Static(spec, "relax", 0)
+        forces, neighbours = _initial(model, state.positions, c, constants, static)
+        state = state._replace(forces=forces, neighbours=neighbours)
+
+    final = ase.Atoms(
+        numbers=atoms.numbers,
+        positions=np.asarray(state.positions[0], np.float64),
+        cell=cell,
+        pbc=pbc,
+    )
+    energy = float(state.forces.energy[0])
+    final_forces = np.asarray(state.forces.forces[0], np.float64)
+    final.calc = SinglePointCalculator(final, energy=energy, forces=final_forces)
+    largest = float(np.sqrt((final_forces**2).sum(-1).max())) if len(final) else 0.0
+    return RelaxResult(
+        atoms=final,
+        converged=largest < fmax,
+        steps=int(state.steps),
+        energy=energy,
+        fmax=largest,
+        reallocations=reallocations,
+    )

@@ -192,23 +192,28 @@ def build(
 
     def search(carry, start):
         senders, receivers, shifts, count = carry
-        rows = start + jnp.arange(block)
+        rows = start + jnp.arange(block, dtype=jnp.int32)
         valid_rows = rows < nodes
         rows = jnp.where(valid_rows, rows, 0)
         vectors = (
             wrapped[None, :, None, :] - wrapped[rows][:, None, None, :] + shift_vectors[None, None]
         )
         within = jnp.sum(vectors**2, axis=-1) < radius2
-        self_pair = (rows[:, None] == jnp.arange(nodes)[None, :])[:, :, None] & zero_shift
+        self_pair = (rows[:, None] == jnp.arange(nodes, dtype=jnp.int32)[None, :])[
+            :, :, None
+        ] & zero_shift
         within = within & ~self_pair & valid_rows[:, None, None]
         (flat,) = jnp.nonzero(within.reshape(-1), size=found, fill_value=0)
+        flat = flat.astype(jnp.int32)
         block_count = jnp.sum(within, dtype=jnp.int32)
         row, rest = jnp.divmod(flat, nodes * num_shifts)
         column, image = jnp.divmod(rest, num_shifts)
         sender, receiver = rows[row], column
         shift = jnp.asarray(table)[image] - offsets[receiver] + offsets[sender]
-        slots = count + jnp.arange(found)
-        slots = jnp.where(jnp.arange(found) < block_count, slots, capacity)  # dropped
+        slots = count + jnp.arange(found, dtype=jnp.int32)
+        slots = jnp.where(
+            jnp.arange(found, dtype=jnp.int32) < block_count, slots, capacity
+        )  # dropped
         senders = senders.at[slots].set(sender.astype(jnp.int32), mode="drop")
         receivers = receivers.at[slots].set(receiver.astype(jnp.int32), mode="drop")
         shifts = shifts.at[slots].set(shift.astype(jnp.int32), mode="drop")
@@ -221,10 +226,10 @@ def build(
         jnp.zeros((), jnp.int32),
     )
     (senders, receivers, shifts, count), _ = jax.lax.scan(
-        search, initial, jnp.arange(num_blocks) * block
+        search, initial, jnp.arange(num_blocks, dtype=jnp.int32) * block
     )
     too_few_images = jnp.any(
-        required_images(cell, spec.pbc, spec.radius) > jnp.asarray(spec.images)
+        required_images(cell, spec.pbc, spec.radius) > jnp.asarray(spec.images, jnp.int32)
     )
     return NeighbourList(
         senders=senders,
@@ -298,7 +303,7 @@ def edges(
     """
     nodes = positions.shape[0]
     capacity = spec.edge_capacity
-    valid = jnp.arange(spec.candidate_capacity) < neighbours.count
+    valid = jnp.arange(spec.candidate_capacity, dtype=jnp.int32) < neighbours.count
     vectors = (
         positions[neighbours.receivers]
         - positions[neighbours.senders]
@@ -307,7 +312,8 @@ def edges(
     within = valid & (jnp.sum(vectors**2, axis=-1) < jnp.asarray(spec.cutoff, positions.dtype) ** 2)
     count = jnp.sum(within, dtype=jnp.int32)
     (chosen,) = jnp.nonzero(within, size=capacity, fill_value=0)
-    real = jnp.arange(capacity) < count
+    chosen = chosen.astype(jnp.int32)
+    real = jnp.arange(capacity, dtype=jnp.int32) < count
     return Edges(
         senders=jnp.where(real, neighbours.senders[chosen], jnp.int32(nodes)),
         receivers=jnp.where(real, neighbours.receivers[chosen], jnp.int32(nodes)),
