@@ -1,10 +1,11 @@
-"""The `eqmlip` command: `train`, `evaluate` and `md`.
+"""The `eqmlip` command: `train`, `evaluate`, `md` and `relax`.
 
 ```bash
 eqmlip train                        # the embedded default: EMT Cu-Au data, a small NequIP
 eqmlip train run.yaml --train.epochs=50 --model.l_max=2
 eqmlip evaluate runs/default/model.eqx test.xyz --json
-eqmlip md runs/default/model.eqx structure.xyz --steps 200
+eqmlip md runs/default/model.eqx structure.xyz --steps 200 --ensemble nvt
+eqmlip relax runs/default/model.eqx structure.xyz --fmax 0.02 --output relaxed.xyz
 ```
 """
 
@@ -201,8 +202,132 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return metrics
 
 
+def _read_md_structure(args: argparse.Namespace, command: str) -> Any:
+    """The frame `args.index` of `args.structure`, checked as training data is (finite, a
+    proper cell, no coinciding atoms), with the file and frame named, before the model is
+    read."""
+    from .data import Structure
+    from .data._structure import _read_file
+
+    frames = _read_file(args.structure, ":", None)
+    if not -len(frames) <= args.index < len(frames):
+        raise _config_error(
+            f"--index {args.index} is past the end of {args.structure} ({len(frames)} "
+            f"frame(s): valid indices are {-len(frames)}..{len(frames) - 1}).",
+            command,
+        )
+    atoms = frames[args.index]
+    frame = args.index % len(frames)
+    try:
+        Structure.from_atoms(atoms, frame=frame, **dict.fromkeys(_TARGET_KEYS))
+    except (TypeError, ValueError) as error:
+        raise _config_error(f"{args.structure}, {error}", command) from None
+    return atoms
+
+
+def _check_options(command: str, checks: Sequence[tuple[str, float | int, bool, str]]) -> None:
+    for name, value, ok, expected in checks:
+        if not (ok and math.isfinite(value)):
+            raise _config_error(f"{name} must be {expected}, got {value}.", command)
+
+
 def run_md(args: argparse.Namespace) -> dict[str, Any]:
-    """`eqmlip md MODEL STRUCTURE`: a short MD run with the model as the ASE calculator."""
+    """`eqmlip md MODEL STRUCTURE`: MD with the jitted engine (`--engine jax`, the default) or
+    with the model as the ASE calculator (`--engine ase`)."""
+    ensemble = args.ensemble
+    if args.thermostat is not None:  # the option of earlier versions
+        ensemble = {"nve": "nve", "langevin": "nvt"}[args.thermostat]
+    args.ensemble = ensemble
+    # Refuse bad options before reading the model or compiling anything.
+    _check_options(
+        "md",
+        [
+            ("--timestep", args.timestep, args.timestep > 0, "> 0 fs"),
+            ("--temperature", args.temperature, args.temperature >= 0, ">= 0 K"),
+            ("--steps", args.steps, args.steps >= 1, ">= 1"),
+            ("--friction", args.friction, args.friction >= 0, ">= 0 (1/fs)"),
+            ("--pressure", args.pressure, True, "finite (GPa)"),
+            ("--replicas", args.replicas, args.replicas >= 1, ">= 1"),
+            ("--every", args.every, args.every >= 1, ">= 1"),
+        ],
+    )
+    if args.engine == "ase" and (ensemble == "npt" or args.replicas > 1):
+        raise _config_error(
+            f"--engine ase runs nve or nvt with one replica; got --ensemble {ensemble} and "
+            f"--replicas {args.replicas} (use --engine jax).",
+            "md",
+        )
+    atoms = _read_md_structure(args, "md")
+    if ensemble == "npt" and not all(atoms.pbc):
+        raise _config_error(
+            f"--ensemble npt needs a fully periodic cell; {args.structure} has pbc "
+            f"{atoms.pbc.tolist()}.",
+            "md",
+        )
+    out = _md_jax(args, atoms) if args.engine == "jax" else _md_ase(args, atoms)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        pressure = (
+            f", pressure mean {out['mean_pressure_gpa']:.3f} GPa"
+            if out.get("mean_pressure_gpa") is not None
+            else ""
+        )
+        print(
+            f"md ({args.engine}): {args.steps} steps of {args.timestep} fs ({ensemble}) on "
+            f"{len(atoms)} atoms x {args.replicas} replica(s), {out['steps_per_second']:.1f} "
+            f"steps/s after {out['compile_time_s']:.1f} s of compilation "
+            f"({out['compilations']} compilation(s))\n"
+            f"  total energy drift {out['energy_drift_per_atom']:.3e} eV/atom "
+            f"(max deviation {out['max_energy_deviation_per_atom']:.3e} eV/atom)\n"
+            f"  temperature mean {out['mean_temperature_k']:.1f} K, final "
+            f"{out['final_temperature_k']:.1f} K{pressure}"
+        )
+    return out
+
+
+def _md_jax(args: argparse.Namespace, atoms: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from .io import load_model
+    from .md import _engine
+
+    model = load_model(args.model)
+    before = _engine._TRACES[0]
+    result = _engine.simulate(
+        model,
+        [atoms.copy() for _ in range(args.replicas)],
+        steps=args.steps,
+        ensemble=args.ensemble,
+        timestep=args.timestep,
+        temperature=args.temperature,
+        friction=args.friction,
+        pressure=args.pressure,
+        seed=args.seed,
+        trajectory=args.trajectory,
+        every=args.every,
+        progress=args.progress,
+    )
+    total = result.total / len(atoms)
+    pressure = result.pressure
+    return {
+        "engine": "jax",
+        "steps": args.steps,
+        "ensemble": args.ensemble,
+        "replicas": args.replicas,
+        "energy_drift_per_atom": float(np.mean(total[-1] - total[0])),
+        "max_energy_deviation_per_atom": float(np.max(np.abs(total - total[0]))),
+        "mean_temperature_k": float(np.mean(result.temperature)),
+        "final_temperature_k": float(np.mean(result.temperature[-1])),
+        "mean_pressure_gpa": None if np.isnan(pressure).all() else float(np.mean(pressure)),
+        "steps_per_second": result.steps_per_second,
+        "compile_time_s": result.compile_seconds,
+        "compilations": _engine._TRACES[0] - before,
+        "reallocations": result.reallocations,
+    }
+
+
+def _md_ase(args: argparse.Namespace, atoms: Any) -> dict[str, Any]:
     import ase.io
     import numpy as np
     from ase import units
@@ -210,47 +335,19 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
     from ase.md.verlet import VelocityVerlet
 
     from .calculator import EqmlipCalculator
-    from .data import Structure
-    from .data._structure import _read_file
+    from .md import maxwell_boltzmann
 
-    # Refuse bad options before reading the model or compiling anything.
-    for name, value, ok, expected in (
-        ("--timestep", args.timestep, args.timestep > 0, "> 0 fs"),
-        ("--temperature", args.temperature, args.temperature >= 0, ">= 0 K"),
-        ("--steps", args.steps, args.steps >= 1, ">= 1"),
-        ("--friction", args.friction, args.friction >= 0, ">= 0 (1/fs)"),
-    ):
-        if not (ok and math.isfinite(value)):
-            raise _config_error(f"{name} must be {expected}, got {value}.", "md")
-    frames = _read_file(args.structure, ":", None)
-    if not -len(frames) <= args.index < len(frames):
-        raise _config_error(
-            f"--index {args.index} is past the end of {args.structure} ({len(frames)} "
-            f"frame(s): valid indices are {-len(frames)}..{len(frames) - 1}).",
-            "md",
-        )
-    atoms = frames[args.index]
-    # The same checks as training data (finite, a proper cell, no coinciding atoms), with the
-    # file and frame named, before the model is read.
-    frame = args.index % len(frames)
-    try:
-        Structure.from_atoms(atoms, frame=frame, **dict.fromkeys(_TARGET_KEYS))
-    except (TypeError, ValueError) as error:
-        raise _config_error(f"{args.structure}, {error}", "md") from None
     calc = EqmlipCalculator(args.model)
     atoms.calc = calc
-    rng = np.random.default_rng(args.seed)
-    masses = atoms.get_masses()[:, None]
-    momenta = np.sqrt(masses * units.kB * args.temperature) * rng.standard_normal((len(atoms), 3))
-    atoms.set_momenta(momenta - momenta.sum(axis=0) / len(atoms))
-    if args.thermostat == "langevin":
+    atoms.set_momenta(maxwell_boltzmann(atoms.get_masses(), args.temperature, args.seed))
+    if args.ensemble == "nvt":
         dynamics = Langevin(
             atoms,
             args.timestep * units.fs,
             temperature_K=args.temperature,
             friction=args.friction / units.fs,  # ASE's Langevin takes 1/(ASE time unit)
             fixcm=False,
-            rng=rng,
+            rng=np.random.default_rng(args.seed),
         )
     else:
         dynamics = VelocityVerlet(atoms, args.timestep * units.fs)
@@ -264,7 +361,7 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
     writer = None
     if args.trajectory:
         writer = open(args.trajectory, "w")
-        dynamics.attach(lambda: ase.io.write(writer, atoms, format="extxyz"), interval=10)
+        dynamics.attach(lambda: ase.io.write(writer, atoms, format="extxyz"), interval=args.every)
     # The first force evaluation compiles the model: timed apart from the steps.
     start = time.perf_counter()
     atoms.get_forces()
@@ -276,29 +373,59 @@ def run_md(args: argparse.Namespace) -> dict[str, Any]:
         if writer is not None:
             writer.close()
     elapsed = time.perf_counter() - start
-    e = np.array(energies)
-    out = {
+    e = np.array(energies) / len(atoms)
+    return {
+        "engine": "ase",
         "steps": args.steps,
-        "thermostat": args.thermostat,
-        "energy_drift_per_atom": float(e[-1] - e[0]) / len(atoms),
-        "max_energy_deviation_per_atom": float(np.max(np.abs(e - e[0]))) / len(atoms),
+        "ensemble": args.ensemble,
+        "replicas": 1,
+        "energy_drift_per_atom": float(e[-1] - e[0]),
+        "max_energy_deviation_per_atom": float(np.max(np.abs(e - e[0]))),
         "mean_temperature_k": float(np.mean(temperatures)),
         "final_temperature_k": float(temperatures[-1]),
+        "mean_pressure_gpa": None,
         "steps_per_second": args.steps / elapsed if elapsed > 0 else math.inf,
         "compile_time_s": compile_time,
         "compilations": calc.num_compilations,
     }
+
+
+def run_relax(args: argparse.Namespace) -> dict[str, Any]:
+    """`eqmlip relax MODEL STRUCTURE`: FIRE relaxation of the positions on the device."""
+    import ase.io
+
+    from .io import load_model
+    from .md import relax
+
+    _check_options(
+        "relax",
+        [
+            ("--fmax", args.fmax, args.fmax > 0, "> 0 eV/Å"),
+            ("--steps", args.steps, args.steps >= 1, ">= 1"),
+        ],
+    )
+    atoms = _read_md_structure(args, "relax")
+    start = time.perf_counter()
+    result = relax(load_model(args.model), atoms, fmax=args.fmax, steps=args.steps)
+    elapsed = time.perf_counter() - start
+    if args.output:
+        ase.io.write(args.output, result.atoms, format="extxyz")
+    out = {
+        "converged": result.converged,
+        "steps": result.steps,
+        "energy": result.energy,
+        "fmax": result.fmax,
+        "seconds": elapsed,
+        "output": args.output,
+    }
     if args.json:
         print(json.dumps(out))
     else:
+        state = "converged" if result.converged else "NOT converged"
         print(
-            f"md: {args.steps} steps of {args.timestep} fs ({args.thermostat}) on "
-            f"{len(atoms)} atoms, {out['steps_per_second']:.1f} steps/s after "
-            f"{compile_time:.1f} s of compilation ({out['compilations']} compilation(s))\n"
-            f"  total energy drift {out['energy_drift_per_atom']:.3e} eV/atom "
-            f"(max deviation {out['max_energy_deviation_per_atom']:.3e} eV/atom)\n"
-            f"  temperature mean {out['mean_temperature_k']:.1f} K, final "
-            f"{out['final_temperature_k']:.1f} K"
+            f"relax: {state} after {result.steps} FIRE steps ({elapsed:.1f} s): energy "
+            f"{result.energy:.6f} eV, largest force {result.fmax:.4f} eV/Å"
+            + (f"; wrote {args.output}" if args.output else "")
         )
     return out
 
@@ -326,18 +453,34 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--energy-key", default=None)
     ev.add_argument("--forces-key", default=None)
     ev.add_argument("--stress-key", default=None)
-    md = commands.add_parser("md", help="short MD with the model as the ASE calculator")
+    md = commands.add_parser("md", help="molecular dynamics (jitted engine, or ASE)")
     md.add_argument("model", help="model file (.eqx)")
     md.add_argument("structure", help="ASE-readable structure file")
     md.add_argument("--index", default=-1, type=int, help="frame of the structure file")
+    md.add_argument("--engine", choices=("jax", "ase"), default="jax")
+    md.add_argument("--ensemble", choices=("nve", "nvt", "npt"), default="nve")
+    md.add_argument(
+        "--thermostat", choices=("nve", "langevin"), default=None, help=argparse.SUPPRESS
+    )
     md.add_argument("--steps", type=int, default=100)
     md.add_argument("--timestep", type=float, default=2.0, help="fs")
     md.add_argument("--temperature", type=float, default=300.0, help="initial / bath K")
-    md.add_argument("--thermostat", choices=("nve", "langevin"), default="nve")
     md.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
+    md.add_argument("--pressure", type=float, default=0.0, help="npt target (GPa)")
+    md.add_argument("--replicas", type=int, default=1, help="independent copies (seeds)")
     md.add_argument("--seed", type=int, default=0)
-    md.add_argument("--trajectory", default=None, help="write every 10th frame (extxyz)")
+    md.add_argument("--trajectory", default=None, help="extxyz file of frames")
+    md.add_argument("--every", type=int, default=10, help="steps between trajectory frames")
+    md.add_argument("--progress", action="store_true", help="progress bar (jax engine)")
     md.add_argument("--json", action="store_true")
+    rx = commands.add_parser("relax", help="FIRE relaxation of the positions (on the device)")
+    rx.add_argument("model", help="model file (.eqx)")
+    rx.add_argument("structure", help="ASE-readable structure file")
+    rx.add_argument("--index", default=-1, type=int, help="frame of the structure file")
+    rx.add_argument("--fmax", type=float, default=0.05, help="eV/Å")
+    rx.add_argument("--steps", type=int, default=1000)
+    rx.add_argument("--output", default=None, help="write the relaxed structure (extxyz)")
+    rx.add_argument("--json", action="store_true")
     return parser
 
 
@@ -378,6 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_evaluate(args)
         elif args.command == "md":
             run_md(args)
+        elif args.command == "relax":
+            run_relax(args)
     except InputError as error:
         _print_error(error, args.command)
         return 2

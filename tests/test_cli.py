@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import ase.io
 import ase.md.langevin
 import jax
 import numpy as np
@@ -13,7 +14,7 @@ from ase import units
 from ase.md.langevin import Langevin
 
 from eqmlip.cli import ConfigError, load_config, main, parse_overrides
-from eqmlip.data import write_structures
+from eqmlip.data import read_structures, write_structures
 from eqmlip.io import load_model, read_header
 from eqmlip.training import RunConfig, TrainConfig, run
 
@@ -52,10 +53,32 @@ def test_train_evaluate_md(tmp_path, capsys, alloy_structures, monkeypatch):
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["num_structures"] == 3 and metrics["stress_mae"] is not None
 
-    assert main(["md", str(model_path), str(data), "--steps=5", "--json"]) == 0
+    for engine in ("jax", "ase"):
+        assert (
+            main(["md", str(model_path), str(data), "--steps=5", "--json", f"--engine={engine}"])
+            == 0
+        )
+        md = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert md["engine"] == engine and md["steps"] == 5 and md["compilations"] == 1
+        assert md["mean_temperature_k"] > 0
+        assert md["compile_time_s"] > 0 and md["steps_per_second"] > 0
+
+    # The jitted engine: NPT on two replicas, with a trajectory of each.
+    trajectory = tmp_path / "npt.extxyz"
+    args = ["md", str(model_path), str(data), "--steps=4", "--json", "--ensemble=npt"]
+    args += ["--pressure=1", "--replicas=2", f"--trajectory={trajectory}", "--every=2"]
+    assert main(args) == 0
     md = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert md["steps"] == 5 and md["compilations"] == 1 and md["mean_temperature_k"] > 0
-    assert md["compile_time_s"] > 0 and md["steps_per_second"] > 0
+    assert md["replicas"] == 2 and md["ensemble"] == "npt" and np.isfinite(md["mean_pressure_gpa"])
+    for k in range(2):
+        assert len(ase.io.read(tmp_path / f"npt_{k}.extxyz", index=":")) == 3
+
+    relaxed = tmp_path / "relaxed.xyz"
+    args = ["relax", str(model_path), str(data), "--fmax=0.5", "--json", f"--output={relaxed}"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["converged"] and out["fmax"] < 0.5 and out["steps"] >= 0
+    assert read_structures(relaxed)[0].num_atoms == alloy_structures[2].num_atoms
 
     # The friction given in 1/fs is the thermostat's, converted to ASE's time unit.
     used = {}
@@ -67,6 +90,7 @@ def test_train_evaluate_md(tmp_path, capsys, alloy_structures, monkeypatch):
 
     monkeypatch.setattr(ase.md.langevin, "Langevin", Spy)
     args = ["md", str(model_path), str(data), "--steps=2", "--json", "--thermostat=langevin"]
+    args.append("--engine=ase")
     assert main([*args, "--friction=0.02"]) == 0
     assert used["friction_per_fs"] == pytest.approx(0.02)
 
@@ -79,6 +103,8 @@ def test_train_evaluate_md(tmp_path, capsys, alloy_structures, monkeypatch):
         ("--temperature=-5", "--temperature must be >= 0 K, got -5.0"),
         ("--steps=0", "--steps must be >= 1, got 0"),
         ("--friction=-0.1", re.escape("--friction must be >= 0 (1/fs), got -0.1")),
+        ("--replicas=0", "--replicas must be >= 1, got 0"),
+        ("--pressure=nan", r"--pressure must be finite \(GPa\), got nan"),
         (
             "--index=3",
             r"--index 3 is past the end of .*data.xyz \(3 frame\(s\): valid indices are -3..2\)",
