@@ -18,6 +18,7 @@ from ._engine import (
     relax as relax,
     simulate as simulate,
 )
+from ._jax_md import jax_md_energy_fn as jax_md_energy_fn
 from ._neighbours import (
     NeighbourList as NeighbourList,
     NeighbourSpec as NeighbourSpec,
