@@ -56,6 +56,7 @@ PUBLIC_MODULES = [
     "eqmlip.parallel",
     "eqmlip.io",
     "eqmlip.calculator",
+    "eqmlip.md",
 ]
 
 

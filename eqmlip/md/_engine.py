@@ -35,6 +35,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from ase.calculators.singlepoint import SinglePointCalculator
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
@@ -383,16 +384,6 @@ def _per_replica(name: str, value: "float | Sequence[float]", replicas: int) -> 
     return values
 
 
-def _progress_line(done: int, total: int, start: float, out: Any) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    rate = done / max(time.perf_counter() - start, 1e-9)
-    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps {rate:.1f}/s")
-    if done >= total:
-        out.write("\n")
-    out.flush()
-
-
 def simulate(
     model: AbstractPotential,
     structures: "ase.Atoms | Sequence[ase.Atoms]",
@@ -588,7 +579,7 @@ def simulate(
     records: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     done_steps = 0
     loop_seconds = 0.0
-    progress_start = time.perf_counter()
+    bar = tqdm.tqdm(total=steps, unit="step", file=sys.stderr) if progress else None
     while done_steps < steps:
         size = min(chunk, steps - done_steps)
         static = _Static(spec, ensemble, size)
@@ -624,8 +615,10 @@ def simulate(
             _write_frames(writers, state, first, masses, pbc, append=True)
         if callback is not None:
             callback(done_steps, state)
-        if progress:
-            _progress_line(done_steps, steps, progress_start, sys.stderr)
+        if bar is not None:
+            bar.update(done)
+    if bar is not None:
+        bar.close()
 
     dof = 3 * len(first) - 3 if len(first) > 1 else 3
     if records:
