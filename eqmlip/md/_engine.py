@@ -566,7 +566,10 @@ def simulate(
         grown = spec
         for k in range(count):
             grown = nl.allocate(x[k], c[k], pbc, model.cutoff, skin, previous=grown)
-        return nl.grow(grown, int(jnp.max(state.neighbours.count)), int(jnp.max(state.num_edges)))
+        grown = nl.grow(grown, int(jnp.max(state.neighbours.count)), int(jnp.max(state.num_edges)))
+        if grown == spec:  # only the image count can be short (host and device disagreeing)
+            grown = grown._replace(images=tuple(i + int(p) for i, p in zip(grown.images, pbc)))
+        return grown
 
     state = start_state(positions, cells, np.stack(momenta), jax.random.key(seed), spec)
     while overflow_of(state):
