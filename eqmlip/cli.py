@@ -391,7 +391,8 @@ def _md_ase(args: argparse.Namespace, atoms: Any) -> dict[str, Any]:
 
 
 def run_relax(args: argparse.Namespace) -> dict[str, Any]:
-    """`eqmlip relax MODEL STRUCTURE`: FIRE relaxation of the positions on the device."""
+    """`eqmlip relax MODEL STRUCTURE`: FIRE relaxation of the positions (and with `--cell`
+    the cell) on the device."""
     import ase.io
 
     from .io import load_model
@@ -402,11 +403,24 @@ def run_relax(args: argparse.Namespace) -> dict[str, Any]:
         [
             ("--fmax", args.fmax, args.fmax > 0, "> 0 eV/Å"),
             ("--steps", args.steps, args.steps >= 1, ">= 1"),
+            ("--pressure", args.pressure, True, "finite (GPa)"),
         ],
     )
     atoms = _read_md_structure(args, "relax")
+    if args.cell and not all(atoms.pbc):
+        raise _config_error(
+            f"--cell needs a fully periodic cell; {args.structure} has pbc {atoms.pbc.tolist()}.",
+            "relax",
+        )
     start = time.perf_counter()
-    result = relax(load_model(args.model), atoms, fmax=args.fmax, steps=args.steps)
+    result = relax(
+        load_model(args.model),
+        atoms,
+        fmax=args.fmax,
+        steps=args.steps,
+        relax_cell=args.cell,
+        pressure=args.pressure,
+    )
     elapsed = time.perf_counter() - start
     if args.output:
         ase.io.write(args.output, result.atoms, format="extxyz")
@@ -473,12 +487,14 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument("--every", type=int, default=10, help="steps between trajectory frames")
     md.add_argument("--progress", action="store_true", help="progress bar (jax engine)")
     md.add_argument("--json", action="store_true")
-    rx = commands.add_parser("relax", help="FIRE relaxation of the positions (on the device)")
+    rx = commands.add_parser("relax", help="FIRE relaxation of positions (and cell) on the device")
     rx.add_argument("model", help="model file (.eqx)")
     rx.add_argument("structure", help="ASE-readable structure file")
     rx.add_argument("--index", default=-1, type=int, help="frame of the structure file")
     rx.add_argument("--fmax", type=float, default=0.05, help="eV/Å")
     rx.add_argument("--steps", type=int, default=1000)
+    rx.add_argument("--cell", action="store_true", help="relax the cell too (periodic)")
+    rx.add_argument("--pressure", type=float, default=0.0, help="target with --cell (GPa)")
     rx.add_argument("--output", default=None, help="write the relaxed structure (extxyz)")
     rx.add_argument("--json", action="store_true")
     return parser

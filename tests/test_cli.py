@@ -75,6 +75,7 @@ def test_train_evaluate_md(tmp_path, capsys, alloy_structures, monkeypatch):
 
     relaxed = tmp_path / "relaxed.xyz"
     args = ["relax", str(model_path), str(data), "--fmax=0.5", "--json", f"--output={relaxed}"]
+    args.append("--cell")
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["converged"] and out["fmax"] < 0.5 and out["steps"] >= 0

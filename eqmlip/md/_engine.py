@@ -568,7 +568,9 @@ def simulate(
             grown = nl.allocate(x[k], c[k], pbc, model.cutoff, skin, previous=grown)
         grown = nl.grow(grown, int(jnp.max(state.neighbours.count)), int(jnp.max(state.num_edges)))
         if grown == spec:  # only the image count can be short (host and device disagreeing)
-            grown = grown._replace(images=tuple(i + int(p) for i, p in zip(grown.images, pbc)))
+            grown = grown._replace(
+                images=tuple(i + int(p) for i, p in zip(grown.images, pbc, strict=True))
+            )
         return grown
 
     state = start_state(positions, cells, np.stack(momenta), jax.random.key(seed), spec)
@@ -698,12 +700,19 @@ def _write_frames(
 
 
 class _FireState(NamedTuple):
-    positions: Float[Array, "1 nodes 3"]
-    velocity: Float[Array, "1 nodes 3"]
+    """FIRE on generalised coordinates: the positions, or with a cell filter ASE's
+    `UnitCellFilter` coordinates (positions without the deformation, then `cell_factor` times
+    the deformation gradient)."""
+
+    coordinates: Float[Array, "1 dofs 3"]
+    gradient: Float[Array, "1 dofs 3"]  # minus the derivative of the enthalpy
+    velocity: Float[Array, "1 dofs 3"]
     timestep: Float[Array, ""]
     alpha: Float[Array, ""]
     downhill: Int[Array, ""]
     started: Bool[Array, ""]
+    positions: Float[Array, "1 nodes 3"]
+    cell: Float[Array, "1 3 3"]
     forces: Forces
     neighbours: nl.NeighbourList
     steps: Int[Array, ""]
@@ -719,11 +728,48 @@ class _FireParameters(NamedTuple):
     fdec: Float[Array, ""]
     astart: Float[Array, ""]
     fa: Float[Array, ""]
+    original_cell: Float[Array, "3 3"]
+    cell_factor: Float[Array, ""]
+    scalar_pressure: Float[Array, ""]  # eV/Å^3
 
 
 def _fire_converged(state: _FireState, parameters: _FireParameters) -> Bool[Array, ""]:
-    largest = jnp.max(jnp.sum(state.forces.forces**2, axis=-1))
+    largest = jnp.max(jnp.sum(state.gradient**2, axis=-1))
     return largest < parameters.fmax**2
+
+
+def _physical(
+    coordinates: Float[Array, "1 dofs 3"],
+    cell: Float[Array, "1 3 3"],
+    parameters: _FireParameters,
+    relax_cell: bool,
+) -> tuple[Float[Array, "1 nodes 3"], Float[Array, "1 3 3"]]:
+    """Positions and cell of generalised coordinates (`UnitCellFilter.set_positions`)."""
+    if not relax_cell:
+        return coordinates, cell
+    undeformed, scaled_gradient = coordinates[:, :-3], coordinates[:, -3:]
+    transposed = jnp.swapaxes(scaled_gradient / parameters.cell_factor, 1, 2)
+    return undeformed @ transposed, parameters.original_cell @ transposed
+
+
+def _generalised_forces(
+    forces: Forces,
+    cell: Float[Array, "1 3 3"],
+    parameters: _FireParameters,
+    relax_cell: bool,
+) -> Float[Array, "1 dofs 3"]:
+    """`UnitCellFilter.get_forces`: forces times the deformation gradient `F`, and the
+    virial `-V (stress + p I)` times `F^-T` over `cell_factor`."""
+    if not relax_cell:
+        return forces.forces
+    deformation = jnp.linalg.solve(parameters.original_cell, cell[0]).T
+    volume = jnp.abs(jnp.linalg.det(cell[0]))
+    eye = jnp.eye(3, dtype=cell.dtype)
+    virial = -volume * (forces.stress[0] + parameters.scalar_pressure * eye)
+    virial = jnp.linalg.solve(deformation, virial.T).T
+    return jnp.concatenate(
+        [forces.forces @ deformation, (virial / parameters.cell_factor)[None]], axis=1
+    )
 
 
 @eqx.filter_jit
@@ -736,9 +782,10 @@ def _fire_loop(
 ) -> tuple[_FireState, Bool[Array, ""]]:
     """ASE's FIRE, step for step, until converged, out of steps or a neighbour overflow (then
     the last state before the overflowing step is returned with the flag)."""
+    relax_cell = static.ensemble == "relax-cell"
 
     def step(s: _FireState) -> _FireState:
-        f = s.forces.forces
+        f = s.gradient
         v = s.velocity
         vf = jnp.vdot(f, v)
         f_norm = jnp.sqrt(jnp.vdot(f, f))
@@ -760,11 +807,13 @@ def _fire_loop(
         dr = dt * v
         norm = jnp.sqrt(jnp.vdot(dr, dr))
         dr = jnp.where(norm > parameters.maxstep, parameters.maxstep * dr / norm, dr)
-        x = s.positions + dr
-        cell = s.neighbours.reference_cell  # the cell is fixed
+        q = s.coordinates + dr
+        x, cell = _physical(q, s.cell, parameters, relax_cell)
         forces, neighbours = _evaluate(model, x, cell, s.neighbours, constants, static)
+        gradient = _generalised_forces(forces, cell, parameters, relax_cell)
+        started = jnp.ones((), bool)
         return _FireState(
-            x, v, dt, alpha, downhill, jnp.ones((), bool), forces, neighbours, s.steps + 1
+            q, gradient, v, dt, alpha, downhill, started, x, cell, forces, neighbours, s.steps + 1
         )
 
     def overflowed(s: _FireState) -> Bool[Array, ""]:
@@ -785,9 +834,11 @@ def _fire_loop(
 
 @dataclasses.dataclass
 class RelaxResult:
-    """What [`eqmlip.md.relax`][] returns: the relaxed `atoms` (energy and forces attached),
-    whether the largest force fell below `fmax` (`converged`), the optimiser `steps` taken,
-    the final `energy` (eV) and largest force `fmax` (eV/Å), and the neighbour `reallocations`."""
+    """What [`eqmlip.md.relax`][] returns: the relaxed `atoms` (energy, forces and, for
+    periodic cells, stress attached), whether the largest force fell below `fmax`
+    (`converged`), the optimiser `steps` taken, the final `energy` (eV), the largest force
+    `fmax` (eV/Å; with `relax_cell`, the cell's generalised forces count too) and the
+    neighbour `reallocations`."""
 
     atoms: ase.Atoms
     converged: bool
@@ -807,19 +858,28 @@ def relax(
     timestep: float = 0.1,
     dtmax: float = 1.0,
     skin: float = 1.0,
+    relax_cell: bool = False,
+    pressure: float = 0.0,
+    cell_factor: float | None = None,
     dataset_idx: int = 0,
     min_distance: float | None = MIN_DISTANCE,
 ) -> RelaxResult:
-    """Relax atomic positions (fixed cell) with FIRE, entirely on the device.
+    """Relax atomic positions, and optionally the cell, with FIRE, entirely on the device.
 
     The algorithm and its defaults are ASE's `ase.optimize.FIRE` (`dt=0.1`, `maxstep=0.2`,
     `dtmax=1.0`, `Nmin=5`, `finc=1.1`, `fdec=0.5`, `astart=0.1`, `fa=0.99`), step for step, and
     the stopping rule is `Optimizer.run(fmax, steps)`'s: the largest per-atom force below
-    `fmax`, or `steps` optimiser steps.
+    `fmax`, or `steps` optimiser steps. With `relax_cell`, FIRE runs on the coordinates of
+    ASE's `UnitCellFilter(atoms, cell_factor, scalar_pressure=pressure)`: the positions
+    without the cell's deformation, and the deformation gradient times `cell_factor`, whose
+    forces are the virial `-V (stress + p I)`; the largest of those "forces" must fall below
+    `fmax` too.
 
-    **Arguments:** `model`, `atoms` (any periodicity), `fmax` (eV/Å), `steps`, `maxstep` (Å),
-    `timestep` and `dtmax` (FIRE's internal units, as ASE's), `skin` (Å), `dataset_idx`,
-    `min_distance` (see [`eqmlip.md.simulate`][]).
+    **Arguments:** `model`, `atoms` (any periodicity; fully periodic for `relax_cell`),
+    `fmax` (eV/Å), `steps`, `maxstep` (Å), `timestep` and `dtmax` (FIRE's internal units, as
+    ASE's), `skin` (Å), `relax_cell`, `pressure` (GPa, the target of the cell relaxation),
+    `cell_factor` (default: the number of atoms, ASE's), `dataset_idx`, `min_distance` (see
+    [`eqmlip.md.simulate`][]).
 
     **Returns:** an [`eqmlip.md.RelaxResult`][].
     """
@@ -828,6 +888,12 @@ def relax(
     if int(steps) != steps or steps < 0:
         raise InputError(f"relax: steps must be a non-negative integer, got {steps}.")
     (atoms,) = _as_replicas(atoms)
+    if relax_cell and not all(atoms.pbc):
+        raise InputError(
+            f"relax: relax_cell needs a fully periodic cell, got pbc {atoms.pbc.tolist()}."
+        )
+    if not math.isfinite(pressure):
+        raise InputError(f"relax: pressure must be finite (GPa), got {pressure}.")
     unknown = ~np.isin(atoms.numbers, model.species)
     if unknown.any():
         atom = int(np.argmax(unknown))
@@ -865,19 +931,30 @@ def relax(
         fdec=jnp.asarray(0.5, dtype),
         astart=jnp.asarray(0.1, dtype),
         fa=jnp.asarray(0.99, dtype),
+        original_cell=jnp.asarray(cell, dtype),
+        cell_factor=jnp.asarray(len(atoms) if cell_factor is None else cell_factor, dtype),
+        scalar_pressure=jnp.asarray(pressure * ase.units.GPa, dtype),
     )
     spec = nl.allocate(positions, cell, pbc, model.cutoff, skin)
     x = jnp.asarray(positions[None], dtype)
     c = jnp.asarray(cell[None], dtype)
-    static = _Static(spec, "relax", 0)
+    mode = "relax-cell" if relax_cell else "relax"
+    static = _Static(spec, mode, 0)
     forces, neighbours = _initial(model, x, c, constants, static)
+    coordinates = x
+    if relax_cell:  # no deformation yet: F = I
+        identity = jnp.eye(3, dtype=dtype)[None] * parameters.cell_factor
+        coordinates = jnp.concatenate([x, identity], axis=1)
     state = _FireState(
-        positions=x,
-        velocity=jnp.zeros_like(x),
+        coordinates=coordinates,
+        gradient=_generalised_forces(forces, c, parameters, relax_cell),
+        velocity=jnp.zeros_like(coordinates),
         timestep=jnp.asarray(timestep, dtype),
         alpha=jnp.asarray(0.1, dtype),
         downhill=jnp.zeros((), jnp.int32),
         started=jnp.zeros((), bool),
+        positions=x,
+        cell=c,
         forces=forces,
         neighbours=neighbours,
         steps=jnp.zeros((), jnp.int32),
@@ -893,25 +970,31 @@ def relax(
         # Grow, rebuild the lists at the last good positions, and go on from that state.
         reallocations += 1
         here = np.asarray(state.positions[0], np.float64)
+        here_cell = np.asarray(state.cell[0], np.float64)
         spec = nl.grow(
-            nl.allocate(here, cell, pbc, model.cutoff, skin, previous=spec),
+            nl.allocate(here, here_cell, pbc, model.cutoff, skin, previous=spec),
             int(jnp.max(state.neighbours.count)),
             int(jnp.max(state.forces.num_edges)),
         )
-        static = _Static(spec, "relax", 0)
-        forces, neighbours = _initial(model, state.positions, c, constants, static)
+        static = _Static(spec, mode, 0)
+        forces, neighbours = _initial(model, state.positions, state.cell, constants, static)
         state = state._replace(forces=forces, neighbours=neighbours)
 
     final = ase.Atoms(
         numbers=atoms.numbers,
         positions=np.asarray(state.positions[0], np.float64),
-        cell=cell,
+        cell=np.asarray(state.cell[0], np.float64),
         pbc=pbc,
     )
     energy = float(state.forces.energy[0])
     final_forces = np.asarray(state.forces.forces[0], np.float64)
-    final.calc = SinglePointCalculator(final, energy=energy, forces=final_forces)
-    largest = float(np.sqrt((final_forces**2).sum(-1).max())) if len(final) else 0.0
+    results: dict[str, Any] = {"energy": energy, "forces": final_forces}
+    if all(pbc):
+        st = np.asarray(state.forces.stress[0], np.float64)
+        results["stress"] = np.array([st[0, 0], st[1, 1], st[2, 2], st[1, 2], st[0, 2], st[0, 1]])
+    final.calc = SinglePointCalculator(final, **results)
+    gradient = np.asarray(state.gradient[0], np.float64)
+    largest = float(np.sqrt((gradient**2).sum(-1).max())) if len(gradient) else 0.0
     return RelaxResult(
         atoms=final,
         converged=largest < fmax,

@@ -1,7 +1,7 @@
 """The jitted MD engine against ASE's integrators and statistical mechanics."""
 
 import io
-from typing import cast
+from typing import Any, cast
 
 import ase
 import ase.io
@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from ase import units
+from ase.filters import UnitCellFilter
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import FIRE
 
@@ -135,6 +136,31 @@ def test_fire_equals_ase_fire():
         np.testing.assert_allclose(result.atoms.positions, reference.positions, atol=1e-9)
         np.testing.assert_allclose(result.energy, reference.get_potential_energy(), rtol=1e-12)
         assert result.fmax < 0.005
+
+
+def test_fire_with_the_cell_equals_ase_fire_on_a_unit_cell_filter():
+    with jax.enable_x64(True):
+        model = Morse()
+        atoms = copper((2, 2, 2), a=3.9)
+        atoms.set_cell(atoms.cell.array @ np.diag([1.0, 1.03, 0.97]), scale_atoms=True)
+        atoms.rattle(0.05, seed=6)
+        reference = atoms.copy()
+        reference.calc = EqmlipCalculator(model)
+        optimiser = FIRE(
+            cast(Any, UnitCellFilter(reference, scalar_pressure=0.5 * units.GPa)),
+            logfile=io.StringIO(),
+        )
+        optimiser.run(fmax=0.01, steps=300)
+        result = relax(model, atoms, fmax=0.01, steps=300, relax_cell=True, pressure=0.5)
+        assert result.converged and result.steps == optimiser.nsteps > 20
+        np.testing.assert_allclose(result.atoms.cell.array, reference.cell.array, atol=1e-9)
+        np.testing.assert_allclose(result.atoms.positions, reference.positions, atol=1e-9)
+        # At the minimum the pressure is the target: stress = -p (ASE's sign), to within fmax.
+        stress = result.atoms.get_stress(voigt=False)
+        assert np.abs(stress + 0.5 * units.GPa * np.eye(3)).max() * atoms.get_volume() < 0.01 * len(
+            atoms
+        )
+        assert result.atoms.get_volume() != pytest.approx(atoms.get_volume(), rel=1e-3)
 
 
 def test_trajectory_frames_and_observables(tmp_path):
