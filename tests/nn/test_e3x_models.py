@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from eqmlip import ops, testing
-from eqmlip.nn import Embed, FusedTensor, Tensor, TensorDense
+from eqmlip.nn import Embed, ExponentialBasis, FusedTensor, Tensor, TensorDense
 
 from .test_e3x import _apply, _assert_close, _transformed
 
@@ -151,8 +151,10 @@ def test_tensor_dense_jit_vmap_grad_and_no_retrace():
         lambda k: TensorDense(
             in_num_parity=1, in_max_degree=1, in_features=2, use_fused_tensor=True, key=k
         ),
+        # No key: the seed picks gamma, so the loading template differs from the saved model.
+        lambda k: ExponentialBasis(0.5 + int(k[1])),
     ],
-    ids=["embed", "tensor-dense", "tensor-dense-fused"],
+    ids=["embed", "tensor-dense", "tensor-dense-fused", "exponential-basis"],
 )
 def test_serialise_round_trip_is_exact(make):
     model = make(K(0))
@@ -190,3 +192,30 @@ def test_embed_init_variance_and_errors():
         Embed(0, 2, key=K(0))
     with pytest.raises(TypeError):  # float indices
         model(jnp.ones((3,)))
+
+
+def test_exponential_basis_is_the_basis_at_softplus_theta_and_errors():
+    with jax.enable_x64(True):
+        module = ExponentialBasis(2.0)
+        assert module.gamma.dtype == jnp.float64
+        assert abs(float(jax.nn.softplus(module.gamma)) - 2.0) <= 1e-15
+        r = jnp.asarray(np.random.default_rng(0).standard_normal((6, 3)))
+        kwargs: dict[str, Any] = dict(max_degree=1, num=4)
+
+        @eqx.filter_jit
+        def apply(module, r):
+            return module(r, radial_fn=ops.exponential_gaussian, **kwargs)
+
+        expected = ops.basis(
+            r, radial_fn=functools.partial(ops.exponential_gaussian, gamma=2.0), **kwargs
+        )
+        _assert_close(apply(module, r), expected, jnp.float64)
+        grad = eqx.filter_grad(lambda m: jnp.sum(apply(m, r) ** 2))(module)
+        assert np.isfinite(grad.gamma) and abs(float(grad.gamma)) > 1e-3
+        with pytest.raises(TypeError, match=r"^ExponentialBasis: r has dtype float32, expected"):
+            module(r.astype(jnp.float32), radial_fn=ops.exponential_gaussian, **kwargs)
+    with pytest.raises(TypeError, match=r"^ExponentialBasis: radial_fn must take a gamma"):
+        ExponentialBasis()(jnp.ones((2, 3)), radial_fn=ops.basic_gaussian, max_degree=0, num=2)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"^ExponentialBasis: initial_gamma must be a finite"):
+            ExponentialBasis(bad)

@@ -1,13 +1,18 @@
-"""eqmlip.nn.Embed and TensorDense side by side with e3x 1.0.2."""
+"""eqmlip.nn.Embed, TensorDense and ExponentialBasis side by side with e3x 1.0.2."""
+
+import functools
+from typing import Any
 
 import e3x
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eqmlip import ops
 from eqmlip.interop import from_flax
-from eqmlip.nn import Embed, TensorDense
+from eqmlip.nn import Embed, ExponentialBasis, TensorDense
 
 from ..helpers import relative_error, tolerance
 from .test_e3x_parity import K, _apply, _call, _features, _random_variables, _skeleton
@@ -37,6 +42,112 @@ def test_embed_initialiser_equals_e3x(x64):
     expected = e3x.nn.modules.default_embed_init(K(2), (7, 1, 1, 5), dtype)
     assert module.embedding.dtype == dtype
     np.testing.assert_array_equal(module.embedding, expected)
+
+
+def test_embed_initialiser_statistics_match_e3x():
+    """Over 8 seeds, both initialisers draw untruncated normals of variance 1 / features.
+
+    8 x 64 x 16 = 8192 entries each: the sample std has a relative standard error of
+    1 / sqrt(2n) = 0.8% and the kurtosis (3 for a normal; 1.8 uniform, about 2.6 for a normal
+    truncated at 2 std) one of sqrt(24 / n) = 0.054; the bounds are 4 standard errors.
+    """
+    num_embeddings, features = 64, 16
+    z = jnp.arange(num_embeddings)
+    flax_module = e3x.nn.Embed(num_embeddings=num_embeddings, features=features)
+    init = jax.jit(flax_module.init)
+    ours = np.concatenate(
+        [np.ravel(Embed(num_embeddings, features, key=K(s)).embedding) for s in range(8)]
+    )
+    theirs = np.concatenate(
+        [np.ravel(init(K(100 + s), z)["params"]["embedding"]) for s in range(8)]
+    )
+    n = ours.size
+    assert n == theirs.size == 8192
+    for sample in (ours, theirs):
+        std = np.std(sample)
+        assert abs(std * np.sqrt(features) - 1) <= 4 / np.sqrt(2 * n), std
+        assert abs(np.mean(sample)) <= 4 * std / np.sqrt(n)
+        kurtosis = np.mean((sample - sample.mean()) ** 4) / std**4
+        assert abs(kurtosis - 3) <= 4 * np.sqrt(24 / n), kurtosis
+    # The two samples' variances agree within their joint standard error.
+    ratio = np.var(ours) / np.var(theirs)
+    assert abs(ratio - 1) <= 4 * np.sqrt(2 / n + 2 / n), ratio
+
+
+# The exponentially mapped radial functions (the ones with a gamma), ours and e3x's; Bernstein
+# with num < 8, where e3x's betaln is exact (see docs/porting-e3x.md).
+EXPONENTIAL_RADIALS = {
+    "chebyshev": (ops.exponential_chebyshev, e3x.nn.exponential_chebyshev),
+    "bernstein": (ops.exponential_bernstein, e3x.nn.exponential_bernstein),
+    "gaussian": (ops.exponential_gaussian, e3x.nn.exponential_gaussian),
+    "fourier": (ops.exponential_fourier, e3x.nn.exponential_fourier),
+}
+
+
+@pytest.mark.parametrize("radial", list(EXPONENTIAL_RADIALS))
+def test_exponential_basis_matches_e3x(x64, radial):
+    dtype = jnp.result_type(float)
+    ours_fn, theirs_fn = EXPONENTIAL_RADIALS[radial]
+    r = jnp.asarray(np.random.default_rng(4).standard_normal((12, 3)) * 2.0, dtype)
+    r = r.at[0].set(0.0)  # a zero vector (self-pair) too
+    kwargs: dict[str, Any] = dict(max_degree=2, num=5, return_cutoff=True)
+    flax_module = e3x.nn.ExponentialBasis(initial_gamma=0.7, param_dtype=dtype)
+
+    def theirs(variables, r):
+        return flax_module.apply(
+            variables,
+            r,
+            radial_fn=theirs_fn,
+            cutoff_fn=functools.partial(e3x.nn.smooth_cutoff, cutoff=4.0),
+            **kwargs,
+        )
+
+    def ours(module, r):
+        return module(
+            r,
+            radial_fn=ours_fn,
+            cutoff_fn=functools.partial(ops.smooth_cutoff, cutoff=4.0),
+            **kwargs,
+        )
+
+    variables = flax_module.init(K(0), r, radial_fn=theirs_fn, max_degree=2, num=5)
+    module = ExponentialBasis(0.7)
+    assert module.gamma.dtype == dtype
+    assert relative_error(module.gamma, variables["params"]["gamma"]) <= tolerance(dtype)
+    # A trained gamma: softplus(theta) = 1.7.
+    variables = {"params": {"gamma": jnp.asarray(np.log(np.expm1(1.7)), dtype)}}
+    module = from_flax(module, variables)
+
+    # Values and, entry by entry, derivatives along theta and along a direction of r (a
+    # gradient of a sum would add up rounding of terms of both signs).
+    direction = jnp.asarray(np.random.default_rng(5).standard_normal(r.shape), dtype)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def evaluate(fn, params, params_tangent):
+        values, along_theta = jax.jvp(lambda p: fn(p, r), (params,), (params_tangent,))
+        _, along_r = jax.jvp(lambda x: fn(params, x), (r,), (direction,))
+        return values, along_theta, along_r
+
+    one = jnp.ones((), dtype)
+    actual = evaluate(ours, module, eqx.tree_at(lambda m: m.gamma, module, one))
+    expected = evaluate(theirs, variables, {"params": {"gamma": one}})
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert a.shape == e.shape and a.dtype == dtype
+        assert relative_error(a, e) <= tolerance(dtype)
+    (basis, _), (basis_along_theta, _), _ = actual
+    assert basis.shape == (12, 1, 9, 5)
+    assert np.max(np.abs(basis_along_theta)) > 1e-2  # gamma shapes the basis
+
+
+def test_exponential_basis_parameter_tree_equals_e3x():
+    flax_module = e3x.nn.ExponentialBasis()
+    init = functools.partial(
+        flax_module.init, radial_fn=e3x.nn.exponential_chebyshev, max_degree=1, num=4
+    )
+    variables = jax.eval_shape(init, K(0), jnp.zeros((3, 3)))
+    module = eqx.filter_eval_shape(ExponentialBasis)
+    assert jax.tree.map(jnp.shape, variables) == {"params": {"gamma": ()}}
+    assert module.gamma.shape == ()
 
 
 # (id, P_in, L_in, F_in, features, max_degree, use_bias, pseudo, cartesian, fused)
