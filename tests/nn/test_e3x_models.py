@@ -219,3 +219,38 @@ def test_exponential_basis_is_the_basis_at_softplus_theta_and_errors():
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match=r"^ExponentialBasis: initial_gamma must be a finite"):
             ExponentialBasis(bad)
+
+
+@functools.cache
+def _exponential_basis_apply():
+    @eqx.filter_jit
+    def apply(module: ExponentialBasis, r: jax.Array) -> Any:
+        return module(
+            r,
+            max_degree=2,
+            num=3,
+            radial_fn=ops.exponential_chebyshev,
+            cutoff_fn=functools.partial(ops.smooth_cutoff, cutoff=5.0),
+        )
+
+    return apply
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
+@hypothesis.given(data=st.data(), rotation=testing.rotations())
+def test_exponential_basis_is_equivariant(x64, data, rotation):
+    """`B(r @ R) = B(r) @ D(R)`, and `B(-r)` is `B(r)` reflected (odd degrees change sign)."""
+    elements = st.floats(-3.0, 3.0, allow_nan=False, allow_subnormal=False)
+    values = data.draw(hnp.arrays(np.float64, (4, 3), elements=elements))
+    hypothesis.assume(bool(np.all(np.linalg.norm(values, axis=-1) > 0.1)))
+    with jax.enable_x64(x64):
+        dtype = jnp.result_type(float)
+        apply = _exponential_basis_apply()
+        module = ExponentialBasis(0.8)
+        r, rotation = jnp.asarray(values, dtype), jnp.asarray(rotation, dtype)
+        out = apply(module, r)
+        assert out.shape == (4, 1, 9, 3) and out.dtype == dtype
+        wigner = ops.wigner_d(rotation, 2)
+        _assert_close(apply(module, r @ rotation), ops.rotate(out, wigner), dtype)
+        _assert_close(apply(module, -r), ops.reflect(out), dtype)
+        assert np.any(np.asarray(ops.reflect(out)) != np.asarray(out))  # degree 1 flips
