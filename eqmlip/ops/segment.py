@@ -15,6 +15,7 @@ are computed from real data and then excluded, never read as garbage. Leading ba
 """
 
 import functools
+import operator
 from typing import Any
 
 import jax
@@ -460,15 +461,24 @@ def _concrete(caller: str, name: str, indices: Any) -> np.ndarray:
     return array
 
 
-def _check_pad_idx(caller: str, pad_idx: Any) -> None:
-    if pad_idx is not None and (
-        isinstance(pad_idx, bool) or not isinstance(pad_idx, int | np.integer) or pad_idx < 1
-    ):
+PadIndex = int | np.integer | Integer[Array, ""] | None
+
+
+def _check_pad_idx(caller: str, pad_idx: Any) -> int | None:
+    """`pad_idx` as a Python int (any concrete integer scalar, as e3x takes), or None."""
+    if pad_idx is None:
+        return None
+    try:
+        value = None if isinstance(pad_idx, bool) else operator.index(pad_idx)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
         raise ValueError(f"{caller}: pad_idx must be an int >= 1 or None, got {pad_idx!r}.")
+    return value
 
 
 def dense_to_sparse_indices(
-    adj_idx: Integer[Array, "*batch n m"] | np.ndarray, pad_idx: int | None = None
+    adj_idx: Integer[Array, "*batch n m"] | np.ndarray, pad_idx: PadIndex = None
 ) -> tuple[Integer[Array, "*batch edges"], Integer[Array, "*batch edges"]]:
     """Sparse indices from dense ones (e3x's `ops.dense_to_sparse_indices`).
 
@@ -487,14 +497,14 @@ def dense_to_sparse_indices(
     """
     caller = "dense_to_sparse_indices"
     adj = _concrete(caller, "adj_idx", adj_idx)
-    _check_pad_idx(caller, pad_idx)
+    pad_idx = _check_pad_idx(caller, pad_idx)
     if adj.ndim < 2:
         raise ValueError(f"{caller}: adj_idx must have shape (..., N, M), got {adj.shape}.")
     batch = adj.shape[:-2]
     if adj.size == 0:
         empty = jnp.asarray(np.zeros((*batch, 0), adj.dtype))
         return empty, empty
-    pad = int(adj.max()) + 1 if pad_idx is None else int(pad_idx)
+    pad = int(adj.max()) + 1 if pad_idx is None else pad_idx
     pairs = []
     for rows in adj.reshape(-1, *adj.shape[-2:]):
         dst, column = np.nonzero(rows < pad)
@@ -510,7 +520,7 @@ def dense_to_sparse_indices(
 def sparse_to_dense_indices(
     dst_idx: Integer[Array, "*batch edges"] | np.ndarray,
     src_idx: Integer[Array, "*batch edges"] | np.ndarray,
-    pad_idx: int | None = None,
+    pad_idx: PadIndex = None,
 ) -> Integer[Array, "*batch n m"]:
     """Dense indices from sparse ones (e3x's `ops.sparse_to_dense_indices`).
 
@@ -529,7 +539,7 @@ def sparse_to_dense_indices(
     caller = "sparse_to_dense_indices"
     dst = _concrete(caller, "dst_idx", dst_idx)
     src = _concrete(caller, "src_idx", src_idx)
-    _check_pad_idx(caller, pad_idx)
+    pad_idx = _check_pad_idx(caller, pad_idx)
     if dst.shape != src.shape or dst.ndim < 1:
         raise ValueError(
             f"{caller}: dst_idx and src_idx must have the same shape (..., E), got {dst.shape} "
@@ -538,7 +548,7 @@ def sparse_to_dense_indices(
     batch = dst.shape[:-1]
     if dst.size == 0:
         return jnp.asarray(np.zeros((*batch, 0, 0), dst.dtype))
-    pad = int(dst.max()) + 1 if pad_idx is None else int(pad_idx)
+    pad = int(dst.max()) + 1 if pad_idx is None else pad_idx
     rows = []
     for d, s in zip(dst.reshape(-1, dst.shape[-1]), src.reshape(-1, src.shape[-1]), strict=True):
         keep = (d >= 0) & (d < pad)

@@ -91,6 +91,8 @@ def test_indexed_extrema_and_index_conversions_on_small_graphs():
     )
     adj = ops.sparse_to_dense_indices(dst, src, 4)
     np.testing.assert_array_equal(adj, [[1, 2, 4], [4, 4, 4], [0, 1, 3], [4, 4, 4]])
+    # pad_idx may be any concrete integer scalar, as in e3x.
+    np.testing.assert_array_equal(ops.sparse_to_dense_indices(dst, src, jnp.asarray(4)), adj)
     back = ops.dense_to_sparse_indices(adj, 4)
     np.testing.assert_array_equal(back[0], [0, 0, 2, 2, 2])  # sorted by destination
     np.testing.assert_array_equal(back[1], [1, 2, 0, 1, 3])
