@@ -22,7 +22,7 @@ def _load_script():
 
 
 def test_molecule_record(capsys):
-    record = _load_script().main(["--systems", "molecule", "--repeats", "1"])
+    record = _load_script().main(["--systems", "molecule", "--molecule-repeats", "2"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record
     assert (record["features"], record["max_degree"], record["iterations"]) == (8, 1, 3)
     molecule = record["molecule"]
@@ -31,7 +31,7 @@ def test_molecule_record(capsys):
     assert molecule["forces_relative_error"] <= 1e-5
     for key in ("eqmlip_median_ms", "e3x_median_ms", "eqmlip_peak_mib", "e3x_peak_mib"):
         assert molecule[key] > 0, key
-    assert "cluster" not in record
+    assert "cluster" not in record and record["repeats"]["molecule"] == 2
 
 
 def test_random_cluster_density_and_distances():
