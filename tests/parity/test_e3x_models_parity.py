@@ -84,59 +84,88 @@ EXPONENTIAL_RADIALS = {
 }
 
 
+@functools.cache
+def _exponential_bases(x64: bool):
+    """Per radial function: ours and e3x's values and, entry by entry, derivatives along theta
+    and along a direction of r (a gradient of a sum would add up rounding of terms of both
+    signs); all radial functions in one compile per library."""
+    with jax.enable_x64(x64):
+        dtype = jnp.result_type(float)
+        rng = np.random.default_rng(4)
+        r = jnp.asarray(rng.standard_normal((12, 3)) * 2.0, dtype).at[0].set(0.0)  # and r = 0
+        direction = jnp.asarray(rng.standard_normal(r.shape), dtype)
+        kwargs: dict[str, Any] = dict(max_degree=2, num=5, return_cutoff=True)
+        flax_module = e3x.nn.ExponentialBasis(param_dtype=dtype)
+        # A trained gamma: softplus(theta) = 1.7.
+        variables = {"params": {"gamma": jnp.asarray(np.log(np.expm1(1.7)), dtype)}}
+        module = from_flax(ExponentialBasis(), variables)
+        one = jnp.ones((), dtype)
+
+        def theirs(radial_fn, variables, r):
+            return flax_module.apply(
+                variables,
+                r,
+                radial_fn=radial_fn,
+                cutoff_fn=functools.partial(e3x.nn.smooth_cutoff, cutoff=4.0),
+                **kwargs,
+            )
+
+        def ours(radial_fn, module, r):
+            return module(
+                r,
+                radial_fn=radial_fn,
+                cutoff_fn=functools.partial(ops.smooth_cutoff, cutoff=4.0),
+                **kwargs,
+            )
+
+        def evaluate(fn, radial_fn, params, params_tangent):
+            call = functools.partial(fn, radial_fn)
+            values, along_theta = jax.jvp(lambda p: call(p, r), (params,), (params_tangent,))
+            _, along_r = jax.jvp(lambda x: call(params, x), (r,), (direction,))
+            return values, along_theta, along_r
+
+        def run_ours(module):
+            tangent = eqx.tree_at(lambda m: m.gamma, module, one)
+            return {
+                k: evaluate(ours, fns[0], module, tangent) for k, fns in EXPONENTIAL_RADIALS.items()
+            }
+
+        def run_theirs(variables):
+            tangent = {"params": {"gamma": one}}
+            return {
+                k: evaluate(theirs, fns[1], variables, tangent)
+                for k, fns in EXPONENTIAL_RADIALS.items()
+            }
+
+        actual = jax.device_get(eqx.filter_jit(run_ours)(module))
+        expected = jax.device_get(jax.jit(run_theirs)(variables))
+        return actual, expected, dtype
+
+
 @pytest.mark.parametrize("radial", list(EXPONENTIAL_RADIALS))
+@pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
 def test_exponential_basis_matches_e3x(x64, radial):
-    dtype = jnp.result_type(float)
-    ours_fn, theirs_fn = EXPONENTIAL_RADIALS[radial]
-    r = jnp.asarray(np.random.default_rng(4).standard_normal((12, 3)) * 2.0, dtype)
-    r = r.at[0].set(0.0)  # a zero vector (self-pair) too
-    kwargs: dict[str, Any] = dict(max_degree=2, num=5, return_cutoff=True)
-    flax_module = e3x.nn.ExponentialBasis(initial_gamma=0.7, param_dtype=dtype)
-
-    def theirs(variables, r):
-        return flax_module.apply(
-            variables,
-            r,
-            radial_fn=theirs_fn,
-            cutoff_fn=functools.partial(e3x.nn.smooth_cutoff, cutoff=4.0),
-            **kwargs,
-        )
-
-    def ours(module, r):
-        return module(
-            r,
-            radial_fn=ours_fn,
-            cutoff_fn=functools.partial(ops.smooth_cutoff, cutoff=4.0),
-            **kwargs,
-        )
-
-    variables = flax_module.init(K(0), r, radial_fn=theirs_fn, max_degree=2, num=5)
-    module = ExponentialBasis(0.7)
-    assert module.gamma.dtype == dtype
-    assert relative_error(module.gamma, variables["params"]["gamma"]) <= tolerance(dtype)
-    # A trained gamma: softplus(theta) = 1.7.
-    variables = {"params": {"gamma": jnp.asarray(np.log(np.expm1(1.7)), dtype)}}
-    module = from_flax(module, variables)
-
-    # Values and, entry by entry, derivatives along theta and along a direction of r (a
-    # gradient of a sum would add up rounding of terms of both signs).
-    direction = jnp.asarray(np.random.default_rng(5).standard_normal(r.shape), dtype)
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def evaluate(fn, params, params_tangent):
-        values, along_theta = jax.jvp(lambda p: fn(p, r), (params,), (params_tangent,))
-        _, along_r = jax.jvp(lambda x: fn(params, x), (r,), (direction,))
-        return values, along_theta, along_r
-
-    one = jnp.ones((), dtype)
-    actual = evaluate(ours, module, eqx.tree_at(lambda m: m.gamma, module, one))
-    expected = evaluate(theirs, variables, {"params": {"gamma": one}})
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+    actual, expected, dtype = _exponential_bases(x64)
+    leaves = jax.tree.leaves(actual[radial])
+    assert len(leaves) == 6  # (basis, cutoff) x (values, along theta, along r)
+    for a, e in zip(leaves, jax.tree.leaves(expected[radial]), strict=True):
         assert a.shape == e.shape and a.dtype == dtype
         assert relative_error(a, e) <= tolerance(dtype)
-    (basis, _), (basis_along_theta, _), _ = actual
+    (basis, _), (basis_along_theta, _), _ = actual[radial]
     assert basis.shape == (12, 1, 9, 5)
     assert np.max(np.abs(basis_along_theta)) > 1e-2  # gamma shapes the basis
+
+
+def test_exponential_basis_initial_parameter_equals_e3x(x64):
+    dtype = jnp.result_type(float)
+    flax_module = e3x.nn.ExponentialBasis(initial_gamma=0.7, param_dtype=dtype)
+    init = functools.partial(
+        flax_module.init, radial_fn=e3x.nn.exponential_chebyshev, max_degree=1, num=4
+    )
+    expected = jax.jit(init)(K(0), jnp.ones((2, 3), dtype))["params"]["gamma"]
+    module = ExponentialBasis(0.7)
+    assert module.gamma.dtype == expected.dtype == dtype
+    assert relative_error(module.gamma, expected) <= tolerance(dtype)
 
 
 def test_exponential_basis_parameter_tree_equals_e3x():
