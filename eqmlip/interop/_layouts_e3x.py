@@ -5,6 +5,7 @@ from typing import Any
 from ..nn import (
     Dense,
     Embed,
+    ExponentialBasis,
     FusedTensor,
     MessagePass,
     MultiHeadAttention,
@@ -68,6 +69,11 @@ def _message_pass(module: MessagePass) -> tuple[list[ParamSlot], list[StateSlot]
 @flax_slots.register
 def _embed(module: Embed) -> tuple[list[ParamSlot], list[StateSlot]]:
     return [ParamSlot(("params", "embedding"), lambda m: m.embedding)], []
+
+
+@flax_slots.register
+def _exponential_basis(module: ExponentialBasis) -> tuple[list[ParamSlot], list[StateSlot]]:
+    return [ParamSlot(("params", "gamma"), lambda m: m.gamma)], []
 
 
 @flax_slots.register

@@ -20,11 +20,20 @@ from ..ops.activation import (
     soft_sign as soft_sign,
     swish as swish,
 )
-from ..ops.layouts import add as add, change_max_degree_or_type as change_max_degree_or_type
+from ..ops.layouts import (
+    add as add,
+    change_max_degree_or_type as change_max_degree_or_type,
+    even_degree_mask as even_degree_mask,
+    odd_degree_mask as odd_degree_mask,
+)
 from ._attention import MultiHeadAttention as MultiHeadAttention, SelfAttention as SelfAttention
 from ._batch_norm import BatchNorm as BatchNorm
 from ._e3x import Dense as Dense, FusedTensor as FusedTensor, Tensor as Tensor
-from ._e3x_models import Embed as Embed, TensorDense as TensorDense
+from ._e3x_models import (
+    Embed as Embed,
+    ExponentialBasis as ExponentialBasis,
+    TensorDense as TensorDense,
+)
 from ._linear import E3jLinear as E3jLinear, Linear as Linear
 from ._message_pass import MessagePass as MessagePass
 from ._mlp import MultiLayerPerceptron as MultiLayerPerceptron

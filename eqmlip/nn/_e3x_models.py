@@ -1,6 +1,9 @@
-"""Equinox counterparts of `e3x.nn.Embed` and `e3x.nn.TensorDense`: the pieces around `Dense`,
-`Tensor` and `MessagePass` that whole e3x models are built from."""
+"""Equinox counterparts of `e3x.nn.Embed`, `e3x.nn.TensorDense` and `e3x.nn.ExponentialBasis`:
+the pieces around `Dense`, `Tensor` and `MessagePass` that whole e3x models are built from."""
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -10,7 +13,9 @@ import jax.random as jr
 from jaxtyping import Array, Float, Integer, PRNGKeyArray
 
 from .._misc import resolve_dtype
+from ..ops.activation import inverse_softplus
 from ..ops.layouts import Precision
+from ..ops.radial import basis
 from ..ops.tensor_product import check_tensor_degrees
 from ._e3x import (
     Dense,
@@ -274,3 +279,94 @@ class TensorDense(eqx.Module):
         projected = self.dense(inputs)
         a, b = projected[..., : self.features], projected[..., self.features :]
         return self.tensor(a, b)
+
+
+class ExponentialBasis(eqx.Module):
+    """Radial-angular basis with a learnable scale `gamma` for exponentially mapped radial
+    functions: Equinox counterpart of `e3x.nn.ExponentialBasis`.
+
+    $$B(\\vec r) = \\mathrm{basis}\\big(\\vec r;\\ g_n(r; \\gamma)\\big), \\qquad
+      \\gamma = \\mathrm{softplus}(\\theta)$$
+
+    with `eqmlip.ops.basis` and a radial function `g_n(r; gamma)` that takes `gamma` as a
+    keyword (`exponential_bernstein`, `exponential_chebyshev`, `exponential_fourier`,
+    `exponential_gaussian`). The parameter `theta` is unconstrained and the softplus keeps
+    `gamma > 0`. Given the same `theta`, the output equals e3x's.
+
+    **Arguments:**
+
+    - `initial_gamma`: `gamma` at initialisation, `> 0` (e3x: `initial_gamma`); `theta`
+        starts at `inverse_softplus(initial_gamma)`, so no key is needed.
+    - `dtype`: parameter dtype (e3x: `param_dtype`); `None` is the default floating dtype.
+    """
+
+    gamma: Float[Array, ""]  # theta: e3x's parameter "gamma", before the softplus
+
+    def __init__(self, initial_gamma: float = 1.0, *, dtype: Any = None):
+        if (
+            isinstance(initial_gamma, bool)
+            or not isinstance(initial_gamma, int | float)
+            or not 0 < initial_gamma < float("inf")
+        ):
+            raise ValueError(
+                f"ExponentialBasis: initial_gamma must be a finite number > 0, got "
+                f"{initial_gamma!r}."
+            )
+        dtype = resolve_dtype(dtype)
+        self.gamma = inverse_softplus(jnp.asarray(initial_gamma, dtype))
+
+    def __check_init__(self):
+        if self.gamma.shape != ():
+            raise ValueError(f"ExponentialBasis: gamma has shape {self.gamma.shape}, expected ().")
+
+    def __call__(
+        self,
+        r: Float[Array, "*batch 3"],
+        *,
+        max_degree: int,
+        num: int,
+        radial_fn: Callable[..., Array],
+        angular_fn: Callable[..., Array] | None = None,
+        cutoff_fn: Callable[[Array], Array] | None = None,
+        return_cutoff: bool = False,
+        return_norm: bool = False,
+        damping_fn: Callable[[Array], Array] | None = None,
+        cartesian_order: bool = True,
+    ) -> Float[Array, "*batch 1 {(max_degree+1)**2} {num}"] | tuple[Float[Array, "..."], ...]:
+        """The basis of `r`, as `ExponentialBasis.apply(variables, r, ...)` in e3x.
+
+        **Arguments:** those of `eqmlip.ops.basis`; `radial_fn` must take a `gamma` keyword.
+        `r` must have the parameter dtype.
+
+        **Returns:** what `eqmlip.ops.basis` returns for these arguments.
+        """
+        if not _takes_gamma(radial_fn):
+            raise TypeError(
+                f"ExponentialBasis: radial_fn must take a gamma keyword (the exponential_* "
+                f"radial functions do), got {getattr(radial_fn, '__name__', radial_fn)!r}."
+            )
+        if r.dtype != self.gamma.dtype:
+            raise TypeError(
+                f"ExponentialBasis: r has dtype {r.dtype}, expected the parameter dtype "
+                f"{self.gamma.dtype}."
+            )
+        return basis(
+            r,
+            max_degree=max_degree,
+            num=num,
+            radial_fn=functools.partial(radial_fn, gamma=jax.nn.softplus(self.gamma)),
+            angular_fn=angular_fn,
+            cutoff_fn=cutoff_fn,
+            return_cutoff=return_cutoff,
+            return_norm=return_norm,
+            damping_fn=damping_fn,
+            cartesian_order=cartesian_order,
+        )
+
+
+def _takes_gamma(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return True
+    return any(p.name == "gamma" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

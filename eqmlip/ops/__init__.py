@@ -15,6 +15,7 @@ from . import (
     so3 as so3,
     tensor_product as tensor_product,
 )
+from .activation import inverse_softplus as inverse_softplus
 from .batch_norm import batch_norm as batch_norm
 from .conversions import from_irreps_array as from_irreps_array, to_irreps_array as to_irreps_array
 from .cutoffs import (
@@ -23,7 +24,12 @@ from .cutoffs import (
     smooth_damping as smooth_damping,
     smooth_switch as smooth_switch,
 )
-from .layouts import add as add, change_max_degree_or_type as change_max_degree_or_type
+from .layouts import (
+    add as add,
+    change_max_degree_or_type as change_max_degree_or_type,
+    even_degree_mask as even_degree_mask,
+    odd_degree_mask as odd_degree_mask,
+)
 from .linear import (
     LinearPath as LinearPath,
     bias_outputs as bias_outputs,
@@ -59,10 +65,14 @@ from .radial import (
 )
 from .segment import (
     dense_pairwise_indices as dense_pairwise_indices,
+    dense_to_sparse_indices as dense_to_sparse_indices,
+    indexed_max as indexed_max,
+    indexed_min as indexed_min,
     indexed_softmax as indexed_softmax,
     indexed_sum as indexed_sum,
     normalize_and_return_norm as normalize_and_return_norm,
     sparse_pairwise_indices as sparse_pairwise_indices,
+    sparse_to_dense_indices as sparse_to_dense_indices,
 )
 from .so3 import (
     clebsch_gordan as clebsch_gordan,

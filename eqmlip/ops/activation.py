@@ -396,3 +396,15 @@ def bent_identity(x: Float[Array, "*batch p dim f"]) -> Float[Array, "*batch p d
         return _divide_or_series(s, (jnp.sqrt(s * s + 1) - 1) / 2, s / 4) + 1
 
     return gated_linear(gate, x)
+
+
+def inverse_softplus(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    """The inverse of `softplus(x) = log(1 + exp(x))` for `x > 0` (e3x's
+    `ops.inverse_softplus`): `x + log(-expm1(-x))`.
+
+    Used to start a parameter that passes through a softplus (such as the `gamma` of
+    `eqmlip.nn.ExponentialBasis`) at a chosen positive value.
+
+    **Returns:** shape and dtype of `x`; `-inf` at 0 and NaN below.
+    """
+    return x + jnp.log(-jnp.expm1(-x))

@@ -20,7 +20,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 Precision = Any  # anything `jax.lax.dot_general` accepts as `precision`
 
@@ -114,6 +114,22 @@ def _index(indices: Sequence[int] | np.ndarray) -> Array:
 def _degree_of_index(max_degree: int) -> np.ndarray:
     """`l` of each slot of the degree axis, `[0, 1, 1, 1, 2, ...]`."""
     return np.repeat(np.arange(max_degree + 1), 2 * np.arange(max_degree + 1) + 1)
+
+
+def even_degree_mask(max_degree: int) -> Bool[Array, "{(max_degree+1)**2} 1"]:
+    """`True` on the slots of the degree axis with even `l` (e3x's `nn.even_degree_mask`).
+
+    Shape `((L+1)**2, 1)`, so that it broadcasts against features `(..., P, (L+1)**2, F)`.
+    """
+    _check_degree("even_degree_mask: max_degree", max_degree)
+    return jnp.asarray(_degree_of_index(max_degree)[:, None] % 2 == 0)
+
+
+def odd_degree_mask(max_degree: int) -> Bool[Array, "{(max_degree+1)**2} 1"]:
+    """`True` on the slots of the degree axis with odd `l` (e3x's `nn.odd_degree_mask`);
+    shape `((L+1)**2, 1)`."""
+    _check_degree("odd_degree_mask: max_degree", max_degree)
+    return jnp.asarray(_degree_of_index(max_degree)[:, None] % 2 == 1)
 
 
 def _parity_of_channel(num_parity: int, channel: int, degree: int) -> int:

@@ -15,12 +15,13 @@ are computed from real data and then excluded, never read as garbage. Leading ba
 """
 
 import functools
+import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, Integer, Shaped
+from jaxtyping import Array, Bool, Float, Int, Integer, Real, Shaped
 
 
 def safe_norm(vectors: Float[Array, "*batch 3"]) -> Float[Array, " *batch"]:
@@ -322,6 +323,55 @@ def _valid_edges(
     return (dst_idx >= 0) & (dst_idx < num_segments)
 
 
+def _indexed_reduce(
+    mode: str,
+    x: Shaped[Array, "..."],
+    keepdims: bool,
+    adj_idx: Array | None,
+    where: Array | None,
+    dst_idx: Array | None,
+    num_segments: int | None,
+    indices_are_sorted: bool,
+) -> Shaped[Array, "..."]:
+    """Sum, minimum or maximum over the neighbours of each node (see `indexed_sum`)."""
+    caller = f"indexed_{mode}"
+    if mode != "sum" and not (
+        jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
+    ):
+        raise TypeError(f"{caller}: inputs must be floating point or integers, got {x.dtype}.")
+    if adj_idx is not None:
+        if dst_idx is not None:
+            raise ValueError(f"{caller}: pass exactly one of adj_idx and dst_idx.")
+        axis = adj_idx.ndim - 1
+        mask = None
+        if where is not None:
+            mask = jnp.reshape(where, (*where.shape, *(1,) * (x.ndim - where.ndim)))
+        if mode == "sum":
+            if mask is not None:
+                x = jnp.where(mask, x, jnp.zeros((), x.dtype))
+            return jnp.sum(x, axis=axis, keepdims=keepdims)
+        # As e3x: the dtype's extreme value starts the reduction, so a row without entries
+        # gives it (not an infinity), and so does a row whose entries are all beyond it.
+        info = jnp.finfo(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype)
+        reduce, initial = (jnp.max, info.min) if mode == "max" else (jnp.min, info.max)
+        return reduce(x, axis=axis, keepdims=keepdims, where=mask, initial=initial)
+    if dst_idx is None or num_segments is None:
+        raise ValueError(f"{caller}: sparse reductions need dst_idx and num_segments.")
+    segment_reduce = {
+        "sum": jax.ops.segment_sum,
+        "max": jax.ops.segment_max,
+        "min": jax.ops.segment_min,
+    }[mode]
+
+    def reduce_segments(values: Array, idx: Array) -> Array:
+        total = segment_reduce(
+            values, idx, num_segments=num_segments, indices_are_sorted=indices_are_sorted
+        )
+        return total[idx] if keepdims else total
+
+    return _batched(reduce_segments, dst_idx.ndim - 1)(x, dst_idx)
+
+
 def indexed_sum(
     x: Shaped[Array, "..."],
     keepdims: bool = False,
@@ -345,24 +395,173 @@ def indexed_sum(
     **Returns:** `(..., N, *rest)` (dense) or `(..., num_segments, *rest)` (sparse); with
     `keepdims`, `(..., N, 1, *rest)` or `(..., E, *rest)`.
     """
-    if adj_idx is not None:
-        if dst_idx is not None:
-            raise ValueError("indexed_sum: pass exactly one of adj_idx and dst_idx.")
-        axis = adj_idx.ndim - 1
-        if where is None:
-            return jnp.sum(x, axis=axis, keepdims=keepdims)
-        mask = jnp.reshape(where, (*where.shape, *(1,) * (x.ndim - where.ndim)))
-        return jnp.sum(jnp.where(mask, x, jnp.zeros((), x.dtype)), axis=axis, keepdims=keepdims)
-    if dst_idx is None or num_segments is None:
-        raise ValueError("indexed_sum: sparse sums need dst_idx and num_segments.")
+    return _indexed_reduce(
+        "sum", x, keepdims, adj_idx, where, dst_idx, num_segments, indices_are_sorted
+    )
 
-    def segment_sum(values: Array, idx: Array) -> Array:
-        total = jax.ops.segment_sum(
-            values, idx, num_segments=num_segments, indices_are_sorted=indices_are_sorted
+
+def indexed_max(
+    x: Real[Array, "..."],
+    keepdims: bool = False,
+    *,
+    adj_idx: Integer[Array, "*batch n m"] | None = None,
+    where: Bool[Array, "*batch n m"] | None = None,
+    dst_idx: Integer[Array, "*batch edges"] | None = None,
+    num_segments: int | None = None,
+    indices_are_sorted: bool = False,
+) -> Real[Array, "..."]:
+    """Maximum of the edge values into each destination (e3x's `ops.indexed_max`); indices,
+    `keepdims` and shapes as for `indexed_sum`.
+
+    A node without edges gets what e3x gives it: the lowest value of the dtype (dense, e.g.
+    `-3.4e38` in float32) or `-inf` (sparse, `jax.ops.segment_max`'s identity; the dtype's
+    lowest value for integers).
+
+    **Raises:** `TypeError` for inputs that are neither floating point nor integers.
+    """
+    return _indexed_reduce(
+        "max", x, keepdims, adj_idx, where, dst_idx, num_segments, indices_are_sorted
+    )
+
+
+def indexed_min(
+    x: Real[Array, "..."],
+    keepdims: bool = False,
+    *,
+    adj_idx: Integer[Array, "*batch n m"] | None = None,
+    where: Bool[Array, "*batch n m"] | None = None,
+    dst_idx: Integer[Array, "*batch edges"] | None = None,
+    num_segments: int | None = None,
+    indices_are_sorted: bool = False,
+) -> Real[Array, "..."]:
+    """Minimum of the edge values into each destination (e3x's `ops.indexed_min`); indices,
+    `keepdims` and shapes as for `indexed_sum`.
+
+    A node without edges gets the largest value of the dtype (dense) or `+inf` (sparse), as
+    in e3x.
+
+    **Raises:** `TypeError` for inputs that are neither floating point nor integers.
+    """
+    return _indexed_reduce(
+        "min", x, keepdims, adj_idx, where, dst_idx, num_segments, indices_are_sorted
+    )
+
+
+def _concrete(caller: str, name: str, indices: Any) -> np.ndarray:
+    """Indices as a NumPy integer array; these conversions run on the host, outside jit."""
+    try:
+        array = np.asarray(indices)
+    except jax.errors.TracerArrayConversionError:
+        raise TypeError(
+            f"{caller}: {name} must be concrete (the conversion runs on the host, outside "
+            "jax.jit and jax.vmap), got a traced array."
+        ) from None
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{caller}: {name} must be integers, got dtype {array.dtype}.")
+    return array
+
+
+PadIndex = int | np.integer | Integer[Array, ""] | None
+
+
+def _check_pad_idx(caller: str, pad_idx: Any) -> int | None:
+    """`pad_idx` as a Python int (any concrete integer scalar, as e3x takes), or None."""
+    if pad_idx is None:
+        return None
+    try:
+        value = None if isinstance(pad_idx, bool) else operator.index(pad_idx)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(f"{caller}: pad_idx must be an int >= 1 or None, got {pad_idx!r}.")
+    return value
+
+
+def dense_to_sparse_indices(
+    adj_idx: Integer[Array, "*batch n m"] | np.ndarray, pad_idx: PadIndex = None
+) -> tuple[Integer[Array, "*batch edges"], Integer[Array, "*batch edges"]]:
+    """Sparse indices from dense ones (e3x's `ops.dense_to_sparse_indices`).
+
+    Every entry `adj_idx[..., i, k] < pad_idx` becomes an edge `(dst, src) = (i, adj_idx[...,
+    i, k])`, in row-major order. Batches with fewer edges than the largest are padded with
+    `(pad_idx, pad_idx)`. Runs on the host (the edge count depends on the values), so the
+    indices must be concrete, as in e3x.
+
+    **Arguments:**
+
+    - `adj_idx`: dense indices `(..., N, M)`.
+    - `pad_idx`: entries `>= pad_idx` are padding; `None`: none are, and `max(adj_idx) + 1`
+        pads the batches.
+
+    **Returns:** `(dst_idx, src_idx)`, each `(..., E)` in the dtype of `adj_idx`.
+    """
+    caller = "dense_to_sparse_indices"
+    adj = _concrete(caller, "adj_idx", adj_idx)
+    pad_idx = _check_pad_idx(caller, pad_idx)
+    if adj.ndim < 2:
+        raise ValueError(f"{caller}: adj_idx must have shape (..., N, M), got {adj.shape}.")
+    batch = adj.shape[:-2]
+    if adj.size == 0:
+        empty = jnp.asarray(np.zeros((*batch, 0), adj.dtype))
+        return empty, empty
+    pad = int(adj.max()) + 1 if pad_idx is None else pad_idx
+    pairs = []
+    for rows in adj.reshape(-1, *adj.shape[-2:]):
+        dst, column = np.nonzero(rows < pad)
+        pairs.append((dst, rows[dst, column]))
+    size = max(len(dst) for dst, _ in pairs)
+    out = np.full((2, len(pairs), size), pad, adj.dtype)
+    for b, (dst, src) in enumerate(pairs):
+        out[0, b, : len(dst)], out[1, b, : len(src)] = dst, src
+    out = out.reshape(2, *batch, size)
+    return jnp.asarray(out[0]), jnp.asarray(out[1])
+
+
+def sparse_to_dense_indices(
+    dst_idx: Integer[Array, "*batch edges"] | np.ndarray,
+    src_idx: Integer[Array, "*batch edges"] | np.ndarray,
+    pad_idx: PadIndex = None,
+) -> Integer[Array, "*batch n m"]:
+    """Dense indices from sparse ones (e3x's `ops.sparse_to_dense_indices`).
+
+    Row `i < pad_idx` lists the sources of the edges into `i`, in edge order, padded with
+    `pad_idx` to the largest in-degree `M`; edges whose destination is outside `[0,
+    pad_idx)` are dropped. Runs on the host (`M` depends on the values), so the indices must
+    be concrete, as in e3x.
+
+    **Arguments:**
+
+    - `dst_idx`, `src_idx`: sparse indices `(..., E)`.
+    - `pad_idx`: the number of rows `N` and the padding value; `None`: `max(dst_idx) + 1`.
+
+    **Returns:** `adj_idx` of shape `(..., N, M)` in the dtype of `dst_idx`.
+    """
+    caller = "sparse_to_dense_indices"
+    dst = _concrete(caller, "dst_idx", dst_idx)
+    src = _concrete(caller, "src_idx", src_idx)
+    pad_idx = _check_pad_idx(caller, pad_idx)
+    if dst.shape != src.shape or dst.ndim < 1:
+        raise ValueError(
+            f"{caller}: dst_idx and src_idx must have the same shape (..., E), got {dst.shape} "
+            f"and {src.shape}."
         )
-        return total[idx] if keepdims else total
-
-    return _batched(segment_sum, dst_idx.ndim - 1)(x, dst_idx)
+    batch = dst.shape[:-1]
+    if dst.size == 0:
+        return jnp.asarray(np.zeros((*batch, 0, 0), dst.dtype))
+    pad = int(dst.max()) + 1 if pad_idx is None else pad_idx
+    rows = []
+    for d, s in zip(dst.reshape(-1, dst.shape[-1]), src.reshape(-1, src.shape[-1]), strict=True):
+        keep = (d >= 0) & (d < pad)
+        d, s = d[keep], s[keep]
+        order = np.argsort(d, kind="stable")  # keeps the edge order within each row
+        d, s = d[order], s[order]
+        slot = np.arange(len(d)) - np.searchsorted(d, d, side="left")
+        rows.append((d, slot, s))
+    width = max((int(slot.max()) + 1 for _, slot, _ in rows if len(slot)), default=0)
+    out = np.full((len(rows), pad, width), pad, dst.dtype)
+    for b, (d, slot, s) in enumerate(rows):
+        out[b, d, slot] = s
+    return jnp.asarray(out.reshape(*batch, pad, width))
 
 
 def indexed_softmax(

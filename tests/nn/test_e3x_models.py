@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from eqmlip import ops, testing
-from eqmlip.nn import Embed, FusedTensor, Tensor, TensorDense
+from eqmlip.nn import Embed, ExponentialBasis, FusedTensor, Tensor, TensorDense
 
 from .test_e3x import _apply, _assert_close, _transformed
 
@@ -151,8 +151,10 @@ def test_tensor_dense_jit_vmap_grad_and_no_retrace():
         lambda k: TensorDense(
             in_num_parity=1, in_max_degree=1, in_features=2, use_fused_tensor=True, key=k
         ),
+        # No key: the seed picks gamma, so the loading template differs from the saved model.
+        lambda k: ExponentialBasis(0.5 + int(k[1])),
     ],
-    ids=["embed", "tensor-dense", "tensor-dense-fused"],
+    ids=["embed", "tensor-dense", "tensor-dense-fused", "exponential-basis"],
 )
 def test_serialise_round_trip_is_exact(make):
     model = make(K(0))
@@ -190,3 +192,65 @@ def test_embed_init_variance_and_errors():
         Embed(0, 2, key=K(0))
     with pytest.raises(TypeError):  # float indices
         model(jnp.ones((3,)))
+
+
+def test_exponential_basis_is_the_basis_at_softplus_theta_and_errors():
+    with jax.enable_x64(True):
+        module = ExponentialBasis(2.0)
+        assert module.gamma.dtype == jnp.float64
+        assert abs(float(jax.nn.softplus(module.gamma)) - 2.0) <= 1e-15
+        r = jnp.asarray(np.random.default_rng(0).standard_normal((6, 3)))
+        kwargs: dict[str, Any] = dict(max_degree=1, num=4)
+
+        @eqx.filter_jit
+        def apply(module, r):
+            return module(r, radial_fn=ops.exponential_gaussian, **kwargs)
+
+        expected = ops.basis(
+            r, radial_fn=functools.partial(ops.exponential_gaussian, gamma=2.0), **kwargs
+        )
+        _assert_close(apply(module, r), expected, jnp.float64)
+        grad = eqx.filter_grad(lambda m: jnp.sum(apply(m, r) ** 2))(module)
+        assert np.isfinite(grad.gamma) and abs(float(grad.gamma)) > 1e-3
+        with pytest.raises(TypeError, match=r"^ExponentialBasis: r has dtype float32, expected"):
+            module(r.astype(jnp.float32), radial_fn=ops.exponential_gaussian, **kwargs)
+    with pytest.raises(TypeError, match=r"^ExponentialBasis: radial_fn must take a gamma"):
+        ExponentialBasis()(jnp.ones((2, 3)), radial_fn=ops.basic_gaussian, max_degree=0, num=2)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"^ExponentialBasis: initial_gamma must be a finite"):
+            ExponentialBasis(bad)
+
+
+@functools.cache
+def _exponential_basis_apply():
+    @eqx.filter_jit
+    def apply(module: ExponentialBasis, r: jax.Array) -> Any:
+        return module(
+            r,
+            max_degree=2,
+            num=3,
+            radial_fn=ops.exponential_chebyshev,
+            cutoff_fn=functools.partial(ops.smooth_cutoff, cutoff=5.0),
+        )
+
+    return apply
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
+@hypothesis.given(data=st.data(), rotation=testing.rotations())
+def test_exponential_basis_is_equivariant(x64, data, rotation):
+    """`B(r @ R) = B(r) @ D(R)`, and `B(-r)` is `B(r)` reflected (odd degrees change sign)."""
+    elements = st.floats(-3.0, 3.0, allow_nan=False, allow_subnormal=False)
+    values = data.draw(hnp.arrays(np.float64, (4, 3), elements=elements))
+    hypothesis.assume(bool(np.all(np.linalg.norm(values, axis=-1) > 0.1)))
+    with jax.enable_x64(x64):
+        dtype = jnp.result_type(float)
+        apply = _exponential_basis_apply()
+        module = ExponentialBasis(0.8)
+        r, rotation = jnp.asarray(values, dtype), jnp.asarray(rotation, dtype)
+        out = apply(module, r)
+        assert out.shape == (4, 1, 9, 3) and out.dtype == dtype
+        wigner = ops.wigner_d(rotation, 2)
+        _assert_close(apply(module, r @ rotation), ops.rotate(out, wigner), dtype)
+        _assert_close(apply(module, -r), ops.reflect(out), dtype)
+        assert np.any(np.asarray(ops.reflect(out)) != np.asarray(out))  # degree 1 flips

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import pytest
 
 from eqmlip import ops
 
@@ -77,3 +78,37 @@ def test_norm_is_safe_and_scales_each_vector_by_its_own_entries():
     np.testing.assert_allclose(unit[2], [0.6, 0, -0.8], rtol=1e-6)
     # |x|^2 below the smallest normal float32: left unnormalised, as e3x does.
     np.testing.assert_array_equal(unit[:2], x[:2])
+
+
+def test_indexed_extrema_and_index_conversions_on_small_graphs():
+    dst, src = jnp.asarray([0, 2, 0, 2, 2]), jnp.asarray([1, 0, 2, 1, 3])
+    x = jnp.asarray([1.0, -2.0, 3.0, 5.0, 0.5])
+    np.testing.assert_array_equal(
+        ops.indexed_max(x, dst_idx=dst, num_segments=3), [3.0, -np.inf, 5.0]
+    )
+    np.testing.assert_array_equal(
+        ops.indexed_min(x, True, dst_idx=dst, num_segments=3), [1.0, -2.0, 1.0, -2.0, -2.0]
+    )
+    adj = ops.sparse_to_dense_indices(dst, src, 4)
+    np.testing.assert_array_equal(adj, [[1, 2, 4], [4, 4, 4], [0, 1, 3], [4, 4, 4]])
+    # pad_idx may be any concrete integer scalar, as in e3x.
+    np.testing.assert_array_equal(ops.sparse_to_dense_indices(dst, src, jnp.asarray(4)), adj)
+    back = ops.dense_to_sparse_indices(adj, 4)
+    np.testing.assert_array_equal(back[0], [0, 0, 2, 2, 2])  # sorted by destination
+    np.testing.assert_array_equal(back[1], [1, 2, 0, 1, 3])
+    dense = jnp.asarray([[1.0, 3.0, 9.0], [7.0, 7.0, 7.0]])
+    where = jnp.asarray([[True, True, False], [False, False, False]])
+    maxima = ops.indexed_max(dense, adj_idx=jnp.zeros((2, 3), jnp.int32), where=where)
+    np.testing.assert_array_equal(maxima, [3.0, np.finfo(np.float32).min])
+
+
+def test_indexed_extrema_and_index_conversions_name_bad_input():
+    # (Wrong dtypes and shapes are the annotations' to catch; these are the value errors.)
+    with pytest.raises(ValueError, match=r"^indexed_min: sparse reductions need dst_idx and"):
+        ops.indexed_min(jnp.ones(3), dst_idx=jnp.zeros(3, jnp.int32))
+    with pytest.raises(TypeError, match=r"^dense_to_sparse_indices: adj_idx must be concrete"):
+        jax.jit(ops.dense_to_sparse_indices)(jnp.zeros((2, 2), jnp.int32))
+    with pytest.raises(ValueError, match=r"pad_idx must be an int >= 1 or None, got 0"):
+        ops.sparse_to_dense_indices(jnp.zeros(3, jnp.int32), jnp.zeros(3, jnp.int32), 0)
+    with pytest.raises(ValueError, match=r"^even_degree_mask: max_degree must be a non-negative"):
+        ops.even_degree_mask(-1)

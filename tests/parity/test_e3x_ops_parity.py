@@ -67,7 +67,8 @@ ADJ = np.array([[1, 2, 5], [0, 5, 5], [0, 1, 3], [2, 5, 5], [5, 5, 5]])
 
 @functools.cache
 def _indexed(x64: bool, keepdims: bool):
-    """indexed_sum and indexed_softmax, ours and e3x's, sparse and dense, in one compile each."""
+    """indexed_sum/max/min and indexed_softmax, ours and e3x's, sparse and dense, in one compile
+    each."""
     with jax.enable_x64(x64):
         dtype = jnp.result_type(float)
         rng = np.random.default_rng(3)
@@ -85,6 +86,10 @@ def _indexed(x64: bool, keepdims: bool):
             return {
                 "sum-sparse": segment.indexed_sum(edge, keepdims, **sparse_idx),
                 "sum-dense": segment.indexed_sum(dense, keepdims, **dense_idx),
+                "max-sparse": segment.indexed_max(edge, keepdims, **sparse_idx),
+                "max-dense": segment.indexed_max(dense, keepdims, **dense_idx),
+                "min-sparse": segment.indexed_min(edge, keepdims, **sparse_idx),
+                "min-dense": segment.indexed_min(dense, keepdims, **dense_idx),
                 "softmax-sparse": softmax(logits, **sparse_idx),
                 "softmax-sparse-mask": softmax(logits, cut, **sparse_idx),
                 "softmax-dense": softmax(dense_logits, **dense_idx),
@@ -98,7 +103,7 @@ def _indexed(x64: bool, keepdims: bool):
 
 @pytest.mark.parametrize("keepdims", [False, True], ids=["reduced", "keepdims"])
 @pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
-def test_indexed_sum_and_softmax_match_e3x(x64, keepdims):
+def test_indexed_reductions_and_softmax_match_e3x(x64, keepdims):
     ours, theirs, dtype = _indexed(x64, keepdims)
     real_edges, real_entries = DST < 5, ADJ < 5
     for name in ours:
@@ -109,10 +114,86 @@ def test_indexed_sum_and_softmax_match_e3x(x64, keepdims):
             valid = real_edges if name.startswith("softmax-sparse") else real_entries
             assert not np.any(actual[~valid])
             actual, expected = actual[valid], expected[valid]
-        elif keepdims and name == "sum-sparse":
+        elif keepdims and name.endswith("-sparse"):
             actual, expected = actual[real_edges], expected[real_edges]
+        if name.startswith(("max", "min")):
+            # A selection, exact; node 4 has no edges: -inf / +inf (sparse) or the dtype's
+            # extreme value (dense), in both libraries.
+            np.testing.assert_array_equal(actual, expected, err_msg=name)
+            continue
         assert relative_error(actual, expected) <= tolerance(dtype), name
     assert ours["sum-dense"].shape == ((5, 1, 2, 3) if keepdims else (5, 2, 3))
+    empty = ours["max-dense"][4] if not keepdims else ours["max-dense"][4, 0]
+    assert np.all(empty == np.finfo(dtype).min)
+    if not keepdims:
+        assert np.all(ours["max-sparse"][4] == -np.inf) and np.all(ours["min-sparse"][4] == np.inf)
+        # Nodes 0 and 2 have several edges, nodes 1 and 3 one each.
+        assert np.all(ours["max-sparse"][[0, 2]] > ours["min-sparse"][[0, 2]])
+        np.testing.assert_array_equal(ours["max-sparse"][[1, 3]], ours["min-sparse"][[1, 3]])
+
+
+# (id, adj_idx, pad_idx): a batch of two with different edge counts, and no padding at all.
+DENSE_CASES = [
+    ("padded", ADJ, 5),
+    ("no-pad-idx", ADJ, None),
+    ("batch", np.stack([ADJ, np.where(ADJ == 2, 5, ADJ)]), 5),
+    ("all-padding", np.full((3, 2), 3), 3),
+]
+# (id, dst_idx, src_idx, pad_idx): unsorted destinations, padding edges, rows without edges.
+SPARSE_CASES = [
+    ("padded", DST, SRC, 5),
+    ("no-pad-idx", DST, SRC, None),
+    ("unsorted-cut", np.array([2, 0, 2, 1, 0, 4]), np.array([0, 1, 3, 0, 2, 1]), 3),
+    ("batch", np.stack([DST, DST[::-1]]), np.stack([SRC, SRC]), 6),
+]
+
+
+@pytest.mark.parametrize(
+    "adj, pad_idx", [c[1:] for c in DENSE_CASES], ids=[c[0] for c in DENSE_CASES]
+)
+def test_dense_to_sparse_indices_match_e3x(adj, pad_idx):
+    adj = jnp.asarray(adj, jnp.int32)
+    actual = ops.dense_to_sparse_indices(adj, pad_idx)
+    expected = e3x.ops.dense_to_sparse_indices(adj, pad_idx)
+    for a, e in zip(actual, expected, strict=True):
+        assert a.dtype == e.dtype == jnp.int32
+        np.testing.assert_array_equal(a, e)
+    if pad_idx == 5 and adj.ndim == 2:
+        np.testing.assert_array_equal(actual[0], DST[:7])  # row-major: the sparse lists above
+        np.testing.assert_array_equal(actual[1], SRC[:7])
+
+
+@pytest.mark.parametrize(
+    "dst, src, pad_idx", [c[1:] for c in SPARSE_CASES], ids=[c[0] for c in SPARSE_CASES]
+)
+def test_sparse_to_dense_indices_match_e3x(dst, src, pad_idx):
+    dst, src = jnp.asarray(dst, jnp.int32), jnp.asarray(src, jnp.int32)
+    actual = ops.sparse_to_dense_indices(dst, src, pad_idx)
+    expected = e3x.ops.sparse_to_dense_indices(dst, src, pad_idx)
+    assert actual.dtype == expected.dtype == jnp.int32
+    np.testing.assert_array_equal(actual, expected)
+    if pad_idx == 5 and dst.ndim == 1:
+        np.testing.assert_array_equal(actual, ADJ)
+
+
+def test_degree_masks_match_e3x():
+    for max_degree in range(5):
+        even, odd = ops.even_degree_mask(max_degree), ops.odd_degree_mask(max_degree)
+        np.testing.assert_array_equal(even, e3x.nn.even_degree_mask(max_degree))
+        np.testing.assert_array_equal(odd, e3x.nn.odd_degree_mask(max_degree))
+        assert even.shape == ((max_degree + 1) ** 2, 1) and even.dtype == jnp.bool_
+    assert ops.odd_degree_mask(2)[:, 0].tolist() == [False, True, True, True] + [False] * 5
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
+def test_inverse_softplus_matches_e3x(x64):
+    with jax.enable_x64(x64):
+        x = jnp.asarray(np.geomspace(1e-3, 30.0, 50), jnp.result_type(float))
+        actual, expected = ops.inverse_softplus(x), e3x.ops.inverse_softplus(x)
+        assert actual.dtype == expected.dtype == x.dtype
+        assert relative_error(actual, expected) <= tolerance(x.dtype)
+        # It inverts softplus: back to x to rounding.
+        assert relative_error(jax.nn.softplus(actual), x) <= 10 * tolerance(x.dtype)
 
 
 @functools.cache
