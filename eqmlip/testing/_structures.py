@@ -15,6 +15,18 @@ from ..graph import Graph, check_species, neighbour_list, pad_graph
 from ._strategies import rotations
 
 
+def full_repr(atoms: ase.Atoms) -> str:
+    """`ase.Atoms(numbers=..., positions=..., cell=..., pbc=...)`: evaluates back to `atoms`."""
+
+    def listed(x: np.ndarray) -> str:
+        return repr(np.asarray(x).tolist())
+
+    return (
+        f"ase.Atoms(numbers={listed(atoms.numbers)}, positions={listed(atoms.positions)}, "
+        f"cell={listed(atoms.cell.array)}, pbc={listed(atoms.pbc)})"
+    )
+
+
 class DrawnAtoms(ase.Atoms):
     """`ase.Atoms` whose repr is the full structure, so that a failing example reproduces.
 
@@ -22,13 +34,7 @@ class DrawnAtoms(ase.Atoms):
     """
 
     def __repr__(self) -> str:
-        def listed(x: np.ndarray) -> str:
-            return repr(np.asarray(x).tolist())
-
-        return (
-            f"ase.Atoms(numbers={listed(self.numbers)}, positions={listed(self.positions)}, "
-            f"cell={listed(self.cell.array)}, pbc={listed(self.pbc)})"
-        )
+        return full_repr(self)
 
 
 # Helpers called while Hypothesis draws take NumPy arrays and scalars only: the runtime type
