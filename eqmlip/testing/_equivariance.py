@@ -65,6 +65,7 @@ class _LeafComparison:
     actual: np.ndarray  # fn(g.x), float64
     expected: np.ndarray  # g.fn(x), float64
     dtype: np.dtype
+    action: Any = None  # the output's _Action, to name a component
 
     def abs_error(self) -> np.ndarray:
         return np.asarray(np.abs(self.actual - self.expected))  # an array for 0-d leaves too
@@ -210,6 +211,7 @@ def _compare(
                 dtype=np.asarray(b_array).dtype
                 if not hasattr(b_array, "dtype")
                 else np.dtype(b_array.dtype),
+                action=action,
             )
         )
     return comparisons
@@ -271,10 +273,12 @@ def _leaf_failure(c: _LeafComparison, atol: float, rtol: float) -> str | None:
     excess = np.where(bad, np.nan_to_num(error - allowed, nan=np.inf), -np.inf)
     index = np.unravel_index(np.argmax(excess), excess.shape)
     idx = tuple(int(i) for i in index)
+    component = c.action.component(idx) if c.action is not None else ""
+    where = f"{idx} ({component})" if component else f"{idx}"
     return (
         f"  {c.name} ({c.description}): {int(bad.sum())} of {bad.size} components exceed the "
         f"tolerance; max |fn(g.x) - g.fn(x)| = {np.max(error, initial=0.0):.3g}. Worst at "
-        f"index {idx}: fn(g.x) = {c.actual[index]:.8g}, g.fn(x) = {c.expected[index]:.8g}, "
+        f"index {where}: fn(g.x) = {c.actual[index]:.8g}, g.fn(x) = {c.expected[index]:.8g}, "
         f"error {error[index]:.3g} > atol + rtol*|g.fn(x)| = {atol:.3g} + {rtol:.3g}*"
         f"{abs(c.expected[index]):.3g} = {allowed[index]:.3g}."
     )

@@ -102,10 +102,15 @@ def _check(
         if not (np.all(np.isfinite(a)) and worst <= allowed):
             index = np.unravel_index(np.argmax(np.nan_to_num(error, nan=np.inf)), error.shape)
             idx = tuple(int(i) for i in index)
+            where = {
+                "energy": "",
+                "forces": f" (atom {idx[0]}, {_AXES[idx[-1]]})" if idx else "",
+                "stress": f" ({_AXES[idx[0]]}{_AXES[idx[-1]]})" if idx else "",
+            }[name]
             lines.append(
                 f"  {name} ({dtype}): max error {worst:.3g} > atol + rtol * max|expected| = "
-                f"{at:.3g} + {rt:.3g} * {scale:.3g} = {allowed:.3g}; worst at index {idx}: got "
-                f"{a[index]:.8g}, expected {b[index]:.8g}."
+                f"{at:.3g} + {rt:.3g} * {scale:.3g} = {allowed:.3g}; worst at index {idx}{where}: "
+                f"got {a[index]:.8g}, expected {b[index]:.8g}."
             )
     if not lines:
         return None
