@@ -29,7 +29,7 @@ def test_hypothesis_examples_carry_settings_for_jax():
     # Under Hypothesis's defaults the first, compiling, example trips the 200 ms deadline: every
     # `@hypothesis.given` in the docs sits under `testing.hypothesis_settings` (or settings).
     for block in BLOCKS:
-        lines = [line.strip() for line in block.values[0].splitlines()]
+        lines = [line.strip() for line in str(block.values[0]).splitlines()]
         for i, line in enumerate(lines):
             if line.startswith("@hypothesis.given"):
                 assert i > 0 and lines[i - 1].startswith(
