@@ -10,7 +10,7 @@ import ase
 import numpy as np
 from jaxtyping import Bool, Float, Int
 
-from ._equivariance import _check_matrix, _check_translation, default_tolerance
+from ._checks import _check_matrix, _check_translation, default_tolerance
 from ._structures import full_repr, pad_to_bucket
 
 PotentialFn = Callable[..., Any]

@@ -12,7 +12,7 @@ from hypothesis.strategies import SearchStrategy
 from jaxtyping import Float, Int
 
 from ..graph import Graph, check_species, neighbour_list, pad_graph
-from ._strategies import rotations
+from ._rotations import rotations
 
 
 def full_repr(atoms: ase.Atoms) -> str:

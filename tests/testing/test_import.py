@@ -18,3 +18,21 @@ def test_import_does_not_load_the_training_stack():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_potential_checks_do_not_load_e3nn():
+    # e3nn-jax (with scipy.signal and its Flax bridges) is most of the import time beyond JAX;
+    # checking a hand-written potential on drawn structures does not need it.
+    code = (
+        "import sys, eqmlip.testing as t\n"
+        "print('e3nn_jax' in sys.modules)\n"
+        "t.assert_potential_symmetries, t.crystals, t.molecules, t.o3_matrices\n"
+        "t.hypothesis_settings, t.default_tolerance\n"
+        "print('e3nn_jax' in sys.modules)\n"
+        "t.assert_equivariant\n"
+        "print('e3nn_jax' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert result.stdout.split() == ["False", "False", "True"], result.stdout
