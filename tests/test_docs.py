@@ -25,20 +25,40 @@ def test_pages_have_examples():
     assert len(BLOCKS) >= 4
 
 
+def test_hypothesis_examples_carry_settings_for_jax():
+    # Under Hypothesis's defaults the first, compiling, example trips the 200 ms deadline: every
+    # `@hypothesis.given` in the docs sits under `testing.hypothesis_settings` (or settings).
+    for block in BLOCKS:
+        lines = [line.strip() for line in str(block.values[0]).splitlines()]
+        for i, line in enumerate(lines):
+            if line.startswith("@hypothesis.given"):
+                assert i > 0 and lines[i - 1].startswith(
+                    ("@testing.hypothesis_settings(", "@hypothesis.settings(")
+                ), f"{block.id}: {line} without settings above it"
+
+
 @pytest.mark.parametrize("source", BLOCKS)
 def test_example_runs(source, monkeypatch):
+    import hypothesis
+
     monkeypatch.chdir(ROOT)  # examples name files relative to the repository root
     namespace: dict = {}
     if "my_layer" in source:  # a template for the reader's own layer: fill in an equivariant one
         import e3nn_jax as e3nn
 
         namespace["my_layer"] = e3nn.norm
-    # The examples mix the Flax originals in, which need standard dtype promotion.
-    with jax.numpy_dtype_promotion("standard"):
-        exec(compile(source, "<doc example>", "exec"), namespace)
-        for name, value in list(namespace.items()):
-            if name.startswith("test_") and callable(value):
-                value()
+    # As a reader runs them: under Hypothesis's own defaults, not the suite's profile. The
+    # examples mix the Flax originals in, which need standard dtype promotion.
+    current = getattr(hypothesis.settings, "_current_profile", None) or "ci"
+    hypothesis.settings.load_profile("default")
+    try:
+        with jax.numpy_dtype_promotion("standard"):
+            exec(compile(source, "<doc example>", "exec"), namespace)
+            for name, value in list(namespace.items()):
+                if name.startswith("test_") and callable(value):
+                    value()
+    finally:
+        hypothesis.settings.load_profile(current)
 
 
 PUBLIC_MODULES = [
@@ -81,11 +101,13 @@ def test_every_public_class_and_function_is_in_the_api_reference():
         obj = _resolve(path)
         documented.add(id(obj))
         if isinstance(obj, types.ModuleType) and "members: false" not in options:
-            documented.update(id(v) for k, v in vars(obj).items() if not k.startswith("_"))
+            documented.update(id(getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
     missing = []
     for module_name in PUBLIC_MODULES:
         module = importlib.import_module(module_name)
-        for name, obj in vars(module).items():
+        # dir and getattr, not vars: they see the names a module imports on first use.
+        for name in dir(module):
+            obj = getattr(module, name)
             is_ours = str(getattr(obj, "__module__", "")).startswith("eqmlip")
             if name.startswith("_") or not is_ours or not callable(obj):
                 continue

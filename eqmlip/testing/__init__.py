@@ -22,21 +22,71 @@ Plain arrays are transformed only when declared (`in_actions="positions"`, `"vec
 distance between atoms, periodic images included) and their `eqmlip.Graph`s.
 """
 
-from ._actions import E3xLayout as E3xLayout
-from ._equivariance import (
-    assert_equivariant as assert_equivariant,
-    default_tolerance as default_tolerance,
-    equivariance_error as equivariance_error,
-)
-from ._potential import (
-    assert_potential_symmetries as assert_potential_symmetries,
-    potential_function as potential_function,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Registers the "eqmlip" and "eqmlip-thorough" Hypothesis profiles on import.
 from ._profile import hypothesis_settings as hypothesis_settings
-from ._strategies import (
-    irreps as irreps,
-    irreps_arrays as irreps_arrays,
-    o3_matrices as o3_matrices,
-    rotations as rotations,
-)
-from ._structures import crystals as crystals, graphs as graphs, molecules as molecules
+
+if TYPE_CHECKING:
+    from ._actions import E3xLayout as E3xLayout
+    from ._checks import default_tolerance as default_tolerance
+    from ._equivariance import (
+        assert_equivariant as assert_equivariant,
+        equivariance_error as equivariance_error,
+    )
+    from ._potential import (
+        assert_potential_symmetries as assert_potential_symmetries,
+        potential_function as potential_function,
+    )
+    from ._rotations import o3_matrices as o3_matrices, rotations as rotations
+    from ._strategies import irreps as irreps, irreps_arrays as irreps_arrays
+    from ._structures import crystals as crystals, graphs as graphs, molecules as molecules
+
+# Imported on first use: the potential checks and structure strategies do not load e3nn-jax
+# (with scipy.signal and its Flax bridges, most of the import time beyond JAX).
+_WHERE = {
+    "E3xLayout": "_actions",
+    "default_tolerance": "_checks",
+    "assert_equivariant": "_equivariance",
+    "equivariance_error": "_equivariance",
+    "assert_potential_symmetries": "_potential",
+    "potential_function": "_potential",
+    "o3_matrices": "_rotations",
+    "rotations": "_rotations",
+    "irreps": "_strategies",
+    "irreps_arrays": "_strategies",
+    "crystals": "_structures",
+    "graphs": "_structures",
+    "molecules": "_structures",
+}
+
+__all__ = [
+    "E3xLayout",
+    "assert_equivariant",
+    "assert_potential_symmetries",
+    "crystals",
+    "default_tolerance",
+    "equivariance_error",
+    "graphs",
+    "hypothesis_settings",
+    "irreps",
+    "irreps_arrays",
+    "molecules",
+    "o3_matrices",
+    "potential_function",
+    "rotations",
+]
+assert set(__all__) == {"hypothesis_settings", *_WHERE}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'eqmlip.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -139,6 +139,35 @@ class _Action:
             return f"e3x layout (cartesian_order={self.cartesian_order})"
         return repr(self.kind)
 
+    def component(self, index: tuple) -> str:
+        """Names the component at `index` of a leaf that transforms this way, e.g. `atom 3, y`."""
+        xyz = "xyz"
+        if self.kind in ("vector", "positions") and index:
+            if len(index) == 1:
+                return xyz[index[0]]
+            # An (n, 3) array of positions or forces has one row per atom.
+            row = f"atom {index[0]}" if len(index) == 2 else f"entry {index[:-1]}"
+            return f"{row}, {xyz[index[-1]]}"
+        if self.kind in ("cell", "tensor") and len(index) >= 2:
+            a, b = index[-2:]
+            if self.kind == "cell":
+                return f"lattice vector {a}, {xyz[b]}"
+            return f"{xyz[a]}{xyz[b]}"
+        if self.kind == "irreps" and self.irreps is not None and index:
+            offset = 0
+            for entry, (mul, ir) in enumerate(self.irreps):
+                if index[-1] < offset + mul * ir.dim:
+                    copy, m = divmod(index[-1] - offset, ir.dim)
+                    return (
+                        f"irreps entry {entry} ({mul}x{ir}), copy {copy}, component {m} of {ir.dim}"
+                    )
+                offset += mul * ir.dim
+        if self.kind == "e3x" and len(index) >= 3:
+            p, lm, f = index[-3:]
+            degree = int(np.sqrt(lm))
+            return f"parity channel {p}, l={degree}, m={lm - degree * degree - degree}, feature {f}"
+        return ""
+
     def check_shape(self, name: str, shape: tuple) -> None:
         expected = {
             "vector": "(..., 3)",

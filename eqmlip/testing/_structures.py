@@ -12,7 +12,19 @@ from hypothesis.strategies import SearchStrategy
 from jaxtyping import Float, Int
 
 from ..graph import Graph, check_species, neighbour_list, pad_graph
-from ._strategies import rotations
+from ._rotations import rotations
+
+
+def full_repr(atoms: ase.Atoms) -> str:
+    """`ase.Atoms(numbers=..., positions=..., cell=..., pbc=...)`: evaluates back to `atoms`."""
+
+    def listed(x: np.ndarray) -> str:
+        return repr(np.asarray(x).tolist())
+
+    return (
+        f"ase.Atoms(numbers={listed(atoms.numbers)}, positions={listed(atoms.positions)}, "
+        f"cell={listed(atoms.cell.array)}, pbc={listed(atoms.pbc)})"
+    )
 
 
 class DrawnAtoms(ase.Atoms):
@@ -22,13 +34,7 @@ class DrawnAtoms(ase.Atoms):
     """
 
     def __repr__(self) -> str:
-        def listed(x: np.ndarray) -> str:
-            return repr(np.asarray(x).tolist())
-
-        return (
-            f"ase.Atoms(numbers={listed(self.numbers)}, positions={listed(self.positions)}, "
-            f"cell={listed(self.cell.array)}, pbc={listed(self.pbc)})"
-        )
+        return full_repr(self)
 
 
 # Helpers called while Hypothesis draws take NumPy arrays and scalars only: the runtime type
@@ -37,18 +43,44 @@ class DrawnAtoms(ase.Atoms):
 
 
 def _check_common(
-    name: str, species: Collection[int], min_atoms: int, max_atoms: int, min_distance: float
+    name: str,
+    species: Collection[int],
+    min_atoms: int,
+    max_atoms: int,
+    min_distance: float,
+    sizes: Collection[int] | None,
 ) -> tuple:
+    """The species to draw from and the numbers of atoms (a range, or the given sizes)."""
     # Any order and repeats are fine to draw from; the elements themselves must exist.
     values = check_species(sorted({int(z) for z in species}), caller=name)
+    if not (math.isfinite(min_distance) and min_distance > 0):
+        raise ValueError(f"{name}: min_distance must be positive and finite, got {min_distance}.")
+    if sizes is not None:
+        if isinstance(sizes, str | bytes) or not all(
+            isinstance(k, int | np.integer) and not isinstance(k, bool) and k >= 1 for k in sizes
+        ):
+            raise ValueError(
+                f"{name}: sizes must be positive integers (numbers of atoms), got {sizes!r}."
+            )
+        counts = tuple(sorted({int(k) for k in sizes}))
+        if not counts:
+            raise ValueError(
+                f"{name}: sizes must name at least one number of atoms, got {sizes!r}."
+            )
+        return values, counts
     if not 1 <= min_atoms <= max_atoms:
         raise ValueError(
             f"{name}: need 1 <= min_atoms <= max_atoms, got min_atoms={min_atoms}, "
             f"max_atoms={max_atoms}."
         )
-    if not (math.isfinite(min_distance) and min_distance > 0):
-        raise ValueError(f"{name}: min_distance must be positive and finite, got {min_distance}.")
-    return values
+    return values, tuple(range(min_atoms, max_atoms + 1))
+
+
+def _count(counts: Any) -> SearchStrategy[int]:
+    # A range shrinks as integers do; a few buckets are sampled (and shrink to the smallest).
+    if counts == tuple(range(counts[0], counts[-1] + 1)):
+        return st.integers(counts[0], counts[-1])
+    return st.sampled_from(counts)
 
 
 def _grid_site(index: int, side: int) -> Int[np.ndarray, "3"]:
@@ -56,10 +88,9 @@ def _grid_site(index: int, side: int) -> Int[np.ndarray, "3"]:
 
 
 @st.composite
-def _molecule(
-    draw: Any, species: Any, min_atoms: int, max_atoms: int, min_distance: float, rotate: bool
-) -> ase.Atoms:
-    n = draw(st.integers(min_atoms, max_atoms))
+def _molecule(draw: Any, species: Any, counts: Any, min_distance: float, rotate: bool) -> ase.Atoms:
+    n = draw(_count(counts))
+    max_atoms = counts[-1]
     side = math.ceil(max_atoms ** (1 / 3)) + 1
     sites = draw(st.lists(st.integers(0, side**3 - 1), min_size=n, max_size=n, unique=True))
     # Sites `spacing` apart, each moved by at most `jitter` per coordinate: two atoms stay at
@@ -83,6 +114,7 @@ def molecules(
     max_atoms: int = 6,
     min_distance: float = 0.9,
     rotate: bool = True,
+    sizes: Collection[int] | None = None,
 ) -> SearchStrategy[ase.Atoms]:
     """A strategy for molecules: `ase.Atoms` without cell or periodicity.
 
@@ -98,6 +130,9 @@ def molecules(
     - `min_atoms`, `max_atoms`: bounds on the number of atoms (`1 <= min_atoms <= max_atoms`).
     - `min_distance`: smallest distance between two atoms (Å).
     - `rotate`: apply a random rotation (drawn by [`eqmlip.testing.rotations`][]).
+    - `sizes`: the numbers of atoms to draw from, e.g. `(2, 4, 8)`, instead of every number
+        from `min_atoms` to `max_atoms`: a few sizes (buckets) mean a few shapes, hence a few
+        compilations of a jitted function for all examples, instead of one per size.
 
     **Returns:** a `SearchStrategy[ase.Atoms]` (a subclass whose `repr`, which Hypothesis
     prints for a failing example, lists numbers, positions, cell and pbc in full).
@@ -116,8 +151,8 @@ def molecules(
         assert (d[np.triu_indices(len(atoms), 1)] >= 0.9).all()
     ```
     """
-    values = _check_common("molecules", species, min_atoms, max_atoms, min_distance)
-    return _molecule(values, min_atoms, max_atoms, float(min_distance), rotate)
+    values, counts = _check_common("molecules", species, min_atoms, max_atoms, min_distance, sizes)
+    return _molecule(values, counts, float(min_distance), rotate)
 
 
 def _cell_from_parameters(
@@ -153,8 +188,7 @@ def _closest_pair(
 def _crystal(
     draw: Any,
     species: Any,
-    min_atoms: int,
-    max_atoms: int,
+    counts: Any,
     min_distance: float,
     min_length: float,
     max_length: float,
@@ -172,8 +206,8 @@ def _crystal(
         angles = np.full(3, 90.0)
     cell = _cell_from_parameters(lengths, angles)
 
-    n = draw(st.integers(min_atoms, max_atoms))
-    side = math.ceil(max_atoms ** (1 / 3))
+    n = draw(_count(counts))
+    side = math.ceil(counts[-1] ** (1 / 3))
     sites = draw(st.lists(st.integers(0, side**3 - 1), min_size=n, max_size=n, unique=True))
     unit = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False, allow_subnormal=False)
     offsets = np.array(draw(st.lists(st.tuples(unit, unit, unit), min_size=n, max_size=n)))
@@ -201,6 +235,7 @@ def crystals(
     max_length: float = 5.0,
     triclinic: bool = True,
     pbc: tuple[bool, bool, bool] = (True, True, True),
+    sizes: Collection[int] | None = None,
 ) -> SearchStrategy[ase.Atoms]:
     """A strategy for periodic structures: `ase.Atoms` with a random cell.
 
@@ -219,6 +254,9 @@ def crystals(
     - `min_length`, `max_length`: bounds on the drawn lattice lengths (Å), before any scaling.
     - `triclinic`: draw angles other than 90 degrees.
     - `pbc`: periodicity along each lattice vector (e.g. `(True, True, False)` for slabs).
+    - `sizes`: the numbers of atoms to draw from, e.g. `(1, 2, 4)`, instead of every number
+        from `min_atoms` to `max_atoms`, so that examples share a few compiled shapes (see
+        also `buckets` of [`eqmlip.testing.graphs`][], which pads the neighbour lists too).
 
     **Returns:** a `SearchStrategy[ase.Atoms]` (a subclass whose `repr`, which Hypothesis
     prints for a failing example, lists numbers, positions, cell and pbc in full).
@@ -235,7 +273,7 @@ def crystals(
         assert atoms.get_volume() > 0
     ```
     """
-    values = _check_common("crystals", species, min_atoms, max_atoms, min_distance)
+    values, counts = _check_common("crystals", species, min_atoms, max_atoms, min_distance, sizes)
     if not 0 < min_length <= max_length < math.inf:
         raise ValueError(
             "crystals: need 0 < min_length <= max_length (finite), got "
@@ -244,8 +282,7 @@ def crystals(
     pbc = (bool(pbc[0]), bool(pbc[1]), bool(pbc[2]))
     return _crystal(
         values,
-        min_atoms,
-        max_atoms,
+        counts,
         float(min_distance),
         float(min_length),
         float(max_length),

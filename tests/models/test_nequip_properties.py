@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import pytest
 
 from eqmlip import Graph, batch_graphs, pad_graph, testing
 from eqmlip.models.nequip import Nequip, NequipConfig
@@ -129,6 +130,15 @@ def test_periodic_images_and_supercells(atoms, data):
         atol=TOLERANCE,
         rtol=TOLERANCE,
     )
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["f32", "x64"])
+@hypothesis.settings(max_examples=5)
+@hypothesis.given(atoms=CRYSTALS)
+def test_stress_is_the_strain_derivative_of_the_energy(x64, atoms):
+    # The library's check: six central differences of the energy under symmetric strains.
+    with jax.enable_x64(x64):
+        testing.assert_potential_symmetries(_potential(x64), atoms, strain=True)
 
 
 def test_potential_function_wraps_a_registered_model():

@@ -1,60 +1,27 @@
 """`assert_potential_symmetries` on a hand-written periodic pair potential: the correct one passes
 every symmetry, each broken one fails the symmetry it breaks, with a message that says which."""
 
+import re
+
 import ase
 import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from eqmlip import testing
 
-CUTOFF = 1.4  # below half the shortest cell length: the minimum image is the only image in range
+from ._pair import DENSE_CRYSTALS, make
+
 CRYSTALS = testing.crystals(
     (1, 8), max_atoms=3, min_length=3.0, max_length=4.0, triclinic=False, min_distance=0.8
 )
 
-
-def _energy(positions, cell, numbers, minimum_image: bool, intensive: bool):
-    d = positions[None, :] - positions[:, None]
-    if minimum_image:  # exact for pair distances below half the cell heights
-        s = d @ jnp.linalg.inv(cell)
-        d = (s - jnp.round(s)) @ cell
-    n = positions.shape[0]
-    r2 = jnp.sum(d**2, axis=-1) + jnp.eye(n, dtype=positions.dtype)  # no self-pair
-    phi = jnp.where(r2 < CUTOFF**2, (1.0 - r2 / CUTOFF**2) ** 3, 0.0)
-    z = numbers.astype(positions.dtype)
-    pair = (1 - jnp.eye(n, dtype=positions.dtype)) * (z[:, None] + z[None]) * phi
-    energy = 0.5 * jnp.sum(pair)
-    return energy / n if intensive else energy
-
-
-def _make(minimum_image: bool = True, intensive: bool = False):
-    def strained(strain, positions, cell, numbers):
-        deform = jnp.eye(3, dtype=positions.dtype) + strain
-        return _energy(positions @ deform, cell @ deform, numbers, minimum_image, intensive)
-
-    @jax.jit
-    def core(positions, cell, numbers):
-        zero = jnp.zeros((3, 3), positions.dtype)
-        energy, (de_dstrain, de_dpos) = jax.value_and_grad(strained, argnums=(0, 1))(
-            zero, positions, cell, numbers
-        )
-        return energy, -de_dpos, de_dstrain / jnp.abs(jnp.linalg.det(cell))
-
-    def fn(positions, numbers, cell, pbc):
-        dtype = jax.dtypes.canonicalize_dtype(np.float64)  # float64 under x64, else float32
-        return core(jnp.asarray(positions, dtype), jnp.asarray(cell, dtype), jnp.asarray(numbers))
-
-    return fn
-
-
-correct = _make()
-no_minimum_image = _make(minimum_image=False)
-intensive_energy = _make(intensive=True)
+correct = make()
+no_minimum_image = make(minimum_image=False)
+intensive_energy = make(intensive=True)
 
 
 @st.composite
@@ -182,3 +149,84 @@ def test_drawn_atoms_print_in_full():
         assert "positions=[[" in repr(atoms)
 
     check()
+
+
+# --- stress against finite differences of the energy under strain --------------------------------
+
+wrong_sign_stress = make(stress_bug="sign")
+virial_as_stress = make(stress_bug="volume")
+# Two pairs within the cutoff (0-1 across the x face of the cell, 1-2 inside it) and a triclinic
+# cell, so that every stress component is non-zero.
+STRAINED = ase.Atoms(
+    "HOH",
+    positions=[[0.2, 0.1, 0.0], [2.9, 0.4, 0.3], [2.6, 1.2, 1.0]],
+    cell=[[3.2, 0.0, 0.0], [0.3, 3.1, 0.0], [0.2, -0.1, 3.0]],
+    pbc=True,
+)
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["f32", "f64"])
+@testing.hypothesis_settings(max_examples=10)
+@hypothesis.given(atoms=DENSE_CRYSTALS)
+def test_correct_stress_is_the_strain_derivative(x64, atoms):
+    with jax.enable_x64(x64):
+        testing.assert_potential_symmetries(correct, atoms, strain=True)
+
+
+def test_stress_of_the_fixed_structure_is_not_trivial():
+    with jax.enable_x64(True):
+        _, _, stress = correct(
+            STRAINED.positions, STRAINED.numbers, STRAINED.cell.array, STRAINED.pbc
+        )
+    assert np.min(np.abs(np.asarray(stress))) > 1e-3  # every component is checked for real
+
+
+def test_wrong_sign_stress_fails_with_components_and_values():
+    with jax.enable_x64(True):
+        _, _, stress = correct(
+            STRAINED.positions, STRAINED.numbers, STRAINED.cell.array, STRAINED.pbc
+        )
+        with pytest.raises(AssertionError) as info:
+            testing.assert_potential_symmetries(wrong_sign_stress, STRAINED, strain=True)
+    message = str(info.value)
+    assert "strain (central differences of the energy, step h = 0.0001, volume V = 29.7" in message
+    assert "stress (float64) is not (1/V) dE/d(strain): 9 of 9 components" in message
+    # The finite difference printed is the correct stress, to float64 accuracy.
+    s = np.asarray(stress)
+    for a, b, name in [(0, 0, "xx"), (0, 1, "xy"), (2, 1, "zy")]:
+        line = re.search(
+            rf"stress\[{a}, {b}\] \({name}\): returned (\S+), finite difference (\S+),", message
+        )
+        assert line is not None, message
+        returned, fd = float(line[1]), float(line[2].rstrip(","))
+        assert returned == pytest.approx(-s[a, b], rel=1e-7)
+        assert fd == pytest.approx(s[a, b], rel=1e-7, abs=1e-12)
+    assert "minus the derivative" in message
+    # The structure is printed so that it reproduces.
+    assert "positions=[[0.2, 0.1, 0.0]" in message
+
+
+def test_virial_returned_as_stress_fails_in_float32():
+    with pytest.raises(AssertionError, match=r"stress \(float32\)(.|\n)*V times the derivative"):
+        testing.assert_potential_symmetries(virial_as_stress, STRAINED, strain=True)
+    testing.assert_potential_symmetries(correct, STRAINED, strain=True)
+
+
+def test_strain_tolerance_comes_from_the_strain_entry():
+    # A plain number is for the exact checks; only {"strain": ...} loosens this one.
+    with pytest.raises(AssertionError, match="strain"):
+        testing.assert_potential_symmetries(wrong_sign_stress, STRAINED, strain=True, atol=1.0)
+    testing.assert_potential_symmetries(
+        wrong_sign_stress, STRAINED, strain=True, atol={"strain": 1.0}
+    )
+
+
+def test_strain_needs_a_periodic_structure_and_a_stress():
+    with pytest.raises(ValueError, match=r"strain=True needs a periodic structure .*pbc \[False"):
+        testing.assert_potential_symmetries(correct, MOLECULE, strain=True)
+    with pytest.raises(ValueError, match="strain=True needs fn to return a stress"):
+        testing.assert_potential_symmetries(
+            lambda p, z, c, b: correct(p, z, c, b)[:2], STRAINED, strain=True
+        )
+    with pytest.raises(ValueError, match="strain_step must be positive and finite, got -0.1"):
+        testing.assert_potential_symmetries(correct, STRAINED, strain=True, strain_step=-0.1)

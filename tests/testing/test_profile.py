@@ -46,7 +46,7 @@ def test_the_profile_runs_a_compiling_first_example():
 
 
 def _docstring_examples():
-    objects = [testing] + [v for k, v in vars(testing).items() if not k.startswith("_")]
+    objects = [testing] + [getattr(testing, name) for name in testing.__all__]
     seen = set()
     for obj in objects:
         doc = inspect.getdoc(obj) or ""

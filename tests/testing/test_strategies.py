@@ -288,3 +288,41 @@ def test_rotation_map_is_uniform():
     assert np.abs(r.mean(axis=0)).max() < 0.02
     assert abs(traces.mean()) < 0.03
     assert abs((traces**2).mean() - 1.0) < 0.03
+
+
+def _distance_to_the_cube(r) -> float:
+    """How far `r` is from the nearest rotation mapping the axes onto themselves."""
+    nearest = np.zeros((3, 3))
+    nearest[range(3), np.argmax(np.abs(r), axis=1)] = 1.0
+    return float(np.abs(r - nearest * np.sign(r)).max())
+
+
+def test_rotations_reach_the_coordinate_axes():
+    # Exact rotations by multiples of 90 degrees (not the identity), as uniform draws never do.
+    quarter = _find(
+        testing.rotations(), lambda r: _distance_to_the_cube(r) == 0.0 and np.trace(r) < 3.0
+    )
+    assert set(np.unique(quarter).tolist()) <= {-1.0, 0.0, 1.0}
+    # Within 1e-6 of one, and not on it: a small rotation about an axis.
+    near = _find(testing.rotations(), lambda r: 0.0 < _distance_to_the_cube(r) < 1e-6)
+    _check_orthogonal(near, 1.0, np.float64, 1e-12)
+    # About half the draws are uniform, a quarter exact, a quarter near-axis.
+    kinds = {"exact": 0, "near": 0, "other": 0}
+
+    @testing.hypothesis_settings(max_examples=200, database=None)
+    @hypothesis.given(testing.rotations())
+    def count(r):
+        d = _distance_to_the_cube(r)
+        kinds["exact" if d == 0.0 else "near" if d < 0.15 else "other"] += 1
+
+    count()
+    assert kinds["exact"] >= 25 and kinds["near"] >= 25 and kinds["other"] >= 60, kinds
+
+
+def test_irreps_arrays_reach_axis_aligned_vectors():
+    def aligned(x) -> bool:  # every row one non-zero component, every copy of 1o
+        rows = np.asarray(x.array).reshape(2, 2, 3)
+        return bool(((rows != 0).sum(axis=-1) == 1).all())
+
+    x = _find(testing.irreps_arrays("2x1o", leading_shape=(2,)), aligned)
+    assert np.count_nonzero(np.asarray(x.array)) == 4

@@ -4,9 +4,11 @@ import itertools
 import math
 
 import ase
+import equinox as eqx
 import hypothesis
 import hypothesis.strategies as st
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -154,3 +156,55 @@ def test_bucketed_graphs_share_few_shapes(buckets, data):
 def test_bad_buckets_raise():
     with pytest.raises(ValueError, match="buckets must be"):
         testing.graphs(testing.molecules(), 3.0, buckets=(0, 16))
+
+
+def test_sizes_are_drawn_from_the_buckets():
+    seen: dict[str, set[int]] = {"molecules": set(), "crystals": set()}
+
+    @testing.hypothesis_settings(max_examples=30, database=None)
+    @hypothesis.given(
+        molecule=testing.molecules(sizes=(5, 2), min_atoms=3, max_atoms=3),  # sizes win
+        crystal=testing.crystals(sizes=[3, 1, 3]),
+    )
+    def draw(molecule, crystal):
+        seen["molecules"].add(len(molecule))
+        seen["crystals"].add(len(crystal))
+
+    draw()
+    assert seen == {"molecules": {2, 5}, "crystals": {1, 3}}
+
+
+def test_bucketed_sizes_and_graphs_compile_once_per_bucket():
+    # A Python counter inside the traced function counts compilations of the jitted one.
+    traces = []
+
+    @eqx.filter_jit
+    def total_distance(graph):
+        traces.append((graph.positions.shape[0], graph.senders.shape[0]))
+        vectors = graph.positions[graph.receivers] - graph.positions[graph.senders]
+        return jnp.sum(jnp.where(graph.edge_mask, jnp.sum(vectors**2, axis=-1), 0.0))
+
+    shapes = []
+    structures = testing.molecules(sizes=(2, 4, 8))
+
+    @testing.hypothesis_settings(max_examples=20, database=None)
+    @hypothesis.given(graph=testing.graphs(structures, 3.0, buckets=(8, 32)))
+    def run(graph):
+        shapes.append((graph.positions.shape[0], graph.senders.shape[0]))
+        assert np.isfinite(float(total_distance(graph)))
+
+    run()
+    assert len(shapes) >= 20 and set(shapes) <= {(n, e) for n in (8, 16) for e in (32, 64)}
+    assert sorted(traces) == sorted(set(shapes))  # one compilation per bucket seen, no more
+    assert 2 <= len(traces) <= 4
+
+
+def test_bad_sizes_raise():
+    # (Other kinds of items are refused by the annotation, or by this check without a checker.)
+    for sizes in [(), (0, 2), (True,)]:
+        with pytest.raises(ValueError, match="sizes must"):
+            testing.molecules(sizes=sizes)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"crystals: sizes must be positive integers .*got \(-1,\)"
+    ):
+        testing.crystals(sizes=(-1,))
