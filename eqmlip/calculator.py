@@ -134,7 +134,9 @@ class EqmlipCalculator(Calculator):
         # One padding node (and graph) always exists, so padding edges have somewhere to go.
         self.node_capacity = self._capacity(graph.num_nodes + 1, self.node_capacity)
         self.edge_capacity = self._capacity(max(graph.num_edges, 1), self.edge_capacity)
-        padded = pad_graph(graph, self.node_capacity, self.edge_capacity, 2)
+        # Padded on the host (NumPy): an eager jnp pad compiles once per new edge count.
+        host = jax.tree.map(np.asarray, graph)
+        padded = pad_graph(host, self.node_capacity, self.edge_capacity, 2)
         padded = jax.tree.map(
             lambda x: x.astype(self._dtype) if np.issubdtype(x.dtype, np.floating) else x, padded
         )

@@ -680,7 +680,8 @@ def pad_graph(graph: Graph, n_node: int, n_edge: int, n_graph: int) -> Graph:
     one padding graph: `n_node >= nodes + 1` when `n_edge > edges`, and `n_graph >= graphs + 1`
     when `n_node > nodes`. Equal sizes return an unpadded copy with all masks `True`.
 
-    Runs in `jax.numpy` (also under `jax.jit`, the sizes being static). Replaces
+    Runs in `jax.numpy` (also under `jax.jit`, the sizes being static); a graph of NumPy
+    arrays is padded in NumPy. Replaces
     `mlip.graph.batching_helpers.pad_with_graphs`, which always adds a padding graph and
     leaves masks implicit.
 
@@ -696,7 +697,10 @@ def pad_graph(graph: Graph, n_node: int, n_edge: int, n_graph: int) -> Graph:
     pads = _padding_sizes(sizes, n_node, n_edge, n_graph)
     current = {name: getattr(graph, name) for name in _FIELDS}
     padding = _padding(graph.num_nodes, pads, {k: v.dtype for k, v in current.items()})
+    # NumPy fields (a host graph, e.g. from `Graph.from_atoms`) are padded on the host: an
+    # eager `jnp.concatenate` compiles once per new edge count, i.e. on most MD steps.
+    xp: Any = np if all(isinstance(v, np.ndarray) for v in current.values()) else jnp
     fields: dict[str, Any] = {
-        name: jnp.concatenate([current[name], padding[name]], axis=0) for name in _FIELDS
+        name: xp.concatenate([current[name], padding[name]], axis=0) for name in _FIELDS
     }
     return Graph(**fields)
