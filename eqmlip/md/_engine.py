@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import ase
+import ase.data
 import ase.io
 import ase.units
 import equinox as eqx
@@ -351,6 +352,17 @@ def maxwell_boltzmann(
     return momenta - masses[:, None] * momenta.sum(0) / masses.sum()
 
 
+def _check_species(model: AbstractPotential, atoms: ase.Atoms, caller: str) -> None:
+    unknown = ~np.isin(atoms.numbers, model.species)
+    if unknown.any():
+        atom = int(np.argmax(unknown))
+        raise InputError(
+            f"{caller}: element {atoms.get_chemical_symbols()[atom]} (Z={atoms.numbers[atom]}, "
+            f"atom {atom}) is not among the model's species "
+            f"{[ase.data.chemical_symbols[z] for z in model.species]}."
+        )
+
+
 def _pbc_of(atoms: ase.Atoms) -> tuple[bool, bool, bool]:
     return (bool(atoms.pbc[0]), bool(atoms.pbc[1]), bool(atoms.pbc[2]))
 
@@ -477,13 +489,7 @@ def simulate(
         raise InputError(
             f"simulate: the npt ensemble needs a fully periodic cell, got pbc {list(pbc)}."
         )
-    unknown = ~np.isin(first.numbers, model.species)
-    if unknown.any():
-        atom = int(np.argmax(unknown))
-        raise InputError(
-            f"simulate: element {first.get_chemical_symbols()[atom]} (atom {atom}) is not among "
-            f"the model's species {list(model.species)}."
-        )
+    _check_species(model, first, "simulate")
     if not 0 <= dataset_idx < model.num_heads:
         raise InputError(
             f"simulate: dataset_idx {dataset_idx} is outside 0..{model.num_heads - 1}, the "
@@ -905,13 +911,7 @@ def relax(
         )
     if not math.isfinite(pressure):
         raise InputError(f"relax: pressure must be finite (GPa), got {pressure}.")
-    unknown = ~np.isin(atoms.numbers, model.species)
-    if unknown.any():
-        atom = int(np.argmax(unknown))
-        raise InputError(
-            f"relax: element {atoms.get_chemical_symbols()[atom]} (atom {atom}) is not among "
-            f"the model's species {list(model.species)}."
-        )
+    _check_species(model, atoms, "relax")
     positions = np.asarray(atoms.positions, np.float64)
     cell = np.asarray(atoms.cell.array, np.float64)
     pbc = _pbc_of(atoms)

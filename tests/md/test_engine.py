@@ -202,7 +202,7 @@ def test_bad_arguments_are_refused(kwargs, message):
 def test_bad_structures_are_refused():
     with pytest.raises(InputError, match="npt ensemble needs a fully periodic cell"):
         simulate(Morse(), _cluster(), steps=1, ensemble="npt")
-    with pytest.raises(InputError, match=r"element Au \(atom 0\) is not among"):
+    with pytest.raises(InputError, match=r"element Au \(Z=79, atom 0\) is not among"):
         simulate(Morse(), ase.Atoms("AuCu", positions=[[0, 0, 0], [0, 0, 2.5]]), steps=1)
     with pytest.raises(InputError, match="replica 1 has elements"):
         simulate(Morse(), [_cluster(), _cluster()[:5]], steps=1)
