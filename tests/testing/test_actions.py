@@ -458,8 +458,8 @@ def test_mutant_is_caught_with_the_shipped_profile(name):
 
 
 def test_near_axis_mutant_is_caught_under_random_seeds():
-    # Not only by the shipped profile's one derandomised sequence: 10 random runs of 20
-    # examples (axis-aligned inputs are drawn often enough; measured 99 of 100 runs).
+    # Not only by the shipped profile's one derandomised sequence: random runs of 20 examples
+    # (axis-aligned inputs are drawn often enough; measured 99 of 100 runs).
     _, broken, check = _case("near-axis-only")
     settings = hypothesis.settings(
         hypothesis.settings.get_profile("eqmlip"),
@@ -468,9 +468,16 @@ def test_near_axis_mutant_is_caught_under_random_seeds():
         report_multiple_bugs=False,
         phases=[hypothesis.Phase.generate],  # caught is enough: no shrinking
     )
-    for seed in range(10):
-        with pytest.raises(AssertionError, match="not equivariant"):
-            hypothesis.seed(seed)(lambda: _run(check, broken, np.float32, settings))()
+    # The runs are random (not seeded), so a rare miss is allowed: at the measured 99% per
+    # run, two misses in ten happen 0.4% of the time and three 0.01%.
+    caught = 0
+    for _ in range(10):
+        try:
+            _run(check, broken, np.float32, settings)
+        except AssertionError as error:
+            assert "not equivariant" in str(error), error
+            caught += 1
+    assert caught >= 8, f"the near-axis mutant was caught in {caught} of 10 random runs"
 
 
 # Cases sharing their correct function and check (the stress mutants) run it once.
