@@ -12,10 +12,8 @@ from ._engine import (
     ENSEMBLES as ENSEMBLES,
     MDResult as MDResult,
     MDState as MDState,
-    RelaxResult as RelaxResult,
     kinetic_energy as kinetic_energy,
     maxwell_boltzmann as maxwell_boltzmann,
-    relax as relax,
     simulate as simulate,
 )
 from ._jax_md import jax_md_energy_fn as jax_md_energy_fn
@@ -28,3 +26,4 @@ from ._neighbours import (
     needs_rebuild as needs_rebuild,
     update as update,
 )
+from ._relax import RelaxResult as RelaxResult, relax as relax
