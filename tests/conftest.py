@@ -1,3 +1,5 @@
+import gc
+
 import hypothesis
 import jax
 import jax.random as jr
@@ -50,3 +52,26 @@ def alloy_structures():
 @pytest.fixture(scope="session")
 def model(alloy_structures):
     return tiny_model(alloy_structures)
+
+
+# Every live XLA:CPU executable holds three memory mappings (code, constants, data). A test worker
+# that keeps thousands of them passes Linux's default limit of 65,530 mappings per process
+# (vm.max_map_count) near the end of the suite, and the next compile then segfaults inside LLVM.
+# Past this many mappings the caches are dropped between modules (recompiling is cheap by comparison).
+_MAX_MAPPINGS_KEPT_BETWEEN_MODULES = 20_000
+
+
+def _memory_mappings() -> int:
+    try:
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux: no such limit to stay under
+        return 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bounded_compiled_executables():
+    yield
+    if _memory_mappings() > _MAX_MAPPINGS_KEPT_BETWEEN_MODULES:
+        jax.clear_caches()
+        gc.collect()

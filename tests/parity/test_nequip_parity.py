@@ -2,7 +2,6 @@
 path (TRAILING_CHANNELS, `ForceField` predictor) on g2 molecules and periodic crystals."""
 
 import dataclasses
-import gc
 import io
 import json
 import warnings
@@ -32,18 +31,6 @@ from eqmlip.models.nequip import NequipConfig
 from eqmlip.potential import predict
 
 from ..helpers import relative_error
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fresh_compilation_caches():
-    """Start from empty JAX caches: this module compiles the largest programs of the suite
-    (the x64 three-layer Coulomb case), and in a long-lived test worker holding thousands of
-    earlier executables its execution crashed XLA twice (a segfault), never when run alone."""
-    jax.clear_caches()
-    gc.collect()
-    yield
-    jax.clear_caches()
-
 
 pytestmark = pytest.mark.parity
 
