@@ -108,6 +108,10 @@ def timed(fn: Any, *args: Any, repeats: int) -> tuple[float, float, Any]:
     return compile_s, statistics.median(steps), out
 
 
+def _spread(values: list[float]) -> float | None:
+    return round(max(values) / min(values), 3) if len(values) > 1 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="NequIP step time against system size.")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
@@ -148,6 +152,7 @@ def main() -> None:
                 "atoms": n,
                 "edges": int(egraph.n_edge[0]),
                 "eqmlip_ms": round(ours[1] * 1e3, 2),
+                "eqmlip_us_per_edge": round(ours[1] * 1e6 / int(egraph.n_edge[0]), 2),
                 "mlip_ms": round(theirs[1] * 1e3, 2),
                 "speedup_vs_mlip": round(theirs[1] / ours[1], 3),
                 "eqmlip_compile_s": round(ours[0], 2),
@@ -180,6 +185,11 @@ def main() -> None:
                 + CONFIGS[args.config]["target_irreps"].replace(" ", "")
                 + f", l_max {CONFIGS[args.config]['l_max']}, 2 layers)",
                 "rows": rows,
+                # Issue goal: flat cost per edge (max/min within 1.3x) from 64 atoms up.
+                "eqmlip_per_edge_spread_from_64_atoms": _spread(
+                    [r["eqmlip_us_per_edge"] for r in rows if r["atoms"] >= 64]
+                ),
+                "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                 "figure": args.out,
                 "jax": jax.__version__,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
