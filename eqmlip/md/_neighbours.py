@@ -243,7 +243,7 @@ def _build_cell_list(
     counts = jnp.zeros(num_bins, jnp.int32).at[flat_bin].add(1)
     order = jnp.argsort(flat_bin, stable=True).astype(jnp.int32)
     sorted_bins = flat_bin[order]
-    starts = jnp.cumsum(counts) - counts
+    starts = jnp.cumsum(counts, dtype=jnp.int32) - counts
     slots = jnp.arange(nodes, dtype=jnp.int32) - starts[sorted_bins]
     occupants = (
         jnp.full((num_bins + 1, bin_capacity), nodes, jnp.int32)
@@ -308,14 +308,14 @@ def _build_cell_list(
             - offsets[receiver]
             + offsets[rows][:, None, :]
         )
-        first = count + jnp.cumsum(per_row) - per_row
+        first = count + jnp.cumsum(per_row, dtype=jnp.int32) - per_row
         slot = jnp.where(found, first[:, None] + columns[None, :], capacity)  # dropped
         slot = slot.reshape(-1)
         sender = jnp.broadcast_to(rows[:, None], (block, width)).reshape(-1)
         senders = senders.at[slot].set(sender, mode="drop")
         receivers = receivers.at[slot].set(receiver.reshape(-1), mode="drop")
         shifts = shifts.at[slot].set(shift.reshape(-1, 3).astype(jnp.int32), mode="drop")
-        return (senders, receivers, shifts, count + jnp.sum(per_row)), None
+        return (senders, receivers, shifts, count + jnp.sum(per_row, dtype=jnp.int32)), None
 
     initial = (
         jnp.zeros(capacity, jnp.int32),
