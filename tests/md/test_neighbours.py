@@ -244,7 +244,7 @@ def test_auto_search_picks_the_cell_list_for_large_cells():
     small = bulk("Si", "diamond", a=5.43, cubic=True)
     large = small * (6, 6, 6)
     for atoms, cell_list in ((small, False), (large, True)):
-        spec = nl.allocate(atoms.positions, atoms.cell.array, (True,) * 3, 5.0, 1.0)
+        spec = nl.allocate(atoms.positions, atoms.cell.array, (True, True, True), 5.0, 1.0)
         assert (spec.bins is not None) is cell_list
     molecule = np.random.default_rng(0).uniform(0.0, 4.0, (9, 3))
     spec = nl.allocate(molecule, np.zeros((3, 3)), (False, False, False), 5.0, 1.0)
@@ -254,4 +254,4 @@ def test_auto_search_picks_the_cell_list_for_large_cells():
     )
     assert forced.bins == (1, 1, 1) and forced.bin_capacity >= 9
     with pytest.raises(ValueError, match="search must be one of"):
-        nl.allocate(molecule, np.zeros((3, 3)), (False,) * 3, 5.0, 1.0, search="cells")
+        nl.allocate(molecule, np.zeros((3, 3)), (False, False, False), 5.0, 1.0, search="cells")
