@@ -3,7 +3,8 @@
 Rattled Si diamond supercells (a = 5.43 Å, atoms rattled by 0.05 Å) of 256 (4x4x2 cubic
 cells), 2,048 (8x8x4) and 8,192 atoms (8x8x16), `cutoff + skin` = 5 + 1 Å (benchmarks/md.py's
 model cutoff and `simulate`'s default skin), and a triclinic cell (the 2,048-atom cell sheared
-by 0.3 of its third vector along the first) for the grid's skewed bins.
+by 0.3 of its third vector along the first) for the grid's skewed bins; 64 (2x2x2) and 216
+atoms (3x3x3) on request, for where the automatic choice switches.
 
 Correctness first: for each system, both searches return the same arrays (senders, receivers,
 shifts, in the order of `eqmlip.graph.neighbour_list`) and the same pairs as the host list.
@@ -53,6 +54,8 @@ def silicon(cells: tuple[int, int, int], shear: float = 0.0) -> ase.Atoms:
 
 
 SYSTEMS = {
+    "64": lambda: silicon((2, 2, 2)),
+    "216": lambda: silicon((3, 3, 3)),
     "256": lambda: silicon((4, 4, 2)),
     "2048": lambda: silicon((8, 8, 4)),
     "8192": lambda: silicon((8, 8, 16)),

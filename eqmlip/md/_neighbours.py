@@ -505,8 +505,10 @@ def edges(
 # up to ~2% (NPT) keeps its compiled grid.
 _GRID_MARGIN = 0.02
 # The cell list is chosen when its distance tests per atom, weighted for the per-atom sort,
-# are fewer than the all-pairs search's (see benchmarks/neighbours.py for the timings).
-_SORT_WEIGHT = 4.0
+# are fewer than the all-pairs search's: on CPU a test of the cell list costs 1-2x one of the
+# all-pairs search (benchmarks/neighbours.py: all-pairs wins at 64 Si atoms in one bin, the
+# cell list from 216 atoms in 2x2x2 bins).
+_SORT_WEIGHT = 2.0
 SEARCHES = ("auto", "all_pairs", "cell_list")
 
 
