@@ -519,16 +519,9 @@ def simulate(
     cells = np.stack([a.cell.array for a in replicas])
     spec = initial_capacity
     if spec is None:
-        specs = [
-            nl.allocate(x, c, pbc, model.cutoff, skin)
-            for x, c in zip(positions, cells, strict=True)
-        ]
-        spec = specs[0]
-        for other in specs[1:]:
-            spec = nl.grow(spec, other.candidate_capacity, other.edge_capacity, growth=1.0)
-            spec = spec._replace(
-                images=tuple(max(a, b) for a, b in zip(spec.images, other.images, strict=True))
-            )
+        for x, c in zip(positions, cells, strict=True):  # one spec that serves every replica
+            spec = nl.allocate(x, c, pbc, model.cutoff, skin, previous=spec)
+    assert spec is not None
     charge = int(first.info.get("charge", 0))
     constants = _Constants(
         atomic_numbers=jnp.asarray(first.numbers, jnp.int32),
@@ -583,11 +576,14 @@ def simulate(
         grown = spec
         for k in range(count):
             grown = nl.allocate(x[k], c[k], pbc, model.cutoff, skin, previous=grown)
-        grown = nl.grow(grown, int(jnp.max(state.neighbours.count)), int(jnp.max(state.num_edges)))
-        if grown == spec:  # only the image count can be short (host and device disagreeing)
-            grown = grown._replace(
-                images=tuple(i + int(p) for i, p in zip(grown.images, pbc, strict=True))
-            )
+        grown = nl.grow(
+            grown,
+            int(jnp.max(state.neighbours.count)),
+            int(jnp.max(state.num_edges)),
+            occupancy=int(jnp.max(state.neighbours.occupancy)),
+        )
+        if grown == spec:  # only the images or reach can be short (host and device disagreeing)
+            grown = nl.widen(grown)
         return grown
 
     state = start_state(positions, cells, np.stack(momenta), jax.random.key(seed), spec)

@@ -297,11 +297,13 @@ def relax(
         reallocations += 1
         here = np.asarray(state.positions[0], np.float64)
         here_cell = np.asarray(state.cell[0], np.float64)
-        spec = nl.grow(
+        grown = nl.grow(
             nl.allocate(here, here_cell, pbc, model.cutoff, skin, previous=spec),
             int(jnp.max(state.neighbours.count)),
             int(jnp.max(state.forces.num_edges)),
+            occupancy=int(jnp.max(state.neighbours.occupancy)),
         )
+        spec = nl.widen(grown) if grown == spec else grown
         static = _Static(spec, mode, 0)
         forces, neighbours = _initial(model, state.positions, state.cell, constants, static)
         state = state._replace(forces=forces, neighbours=neighbours)
