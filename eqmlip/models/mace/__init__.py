@@ -1,0 +1,4 @@
+"""MACE (Batatia et al., 2022) as mlip 0.2.5 implements it, in Equinox."""
+
+from .blocks import SymmetricContraction as SymmetricContraction
+from .config import MaceConfig as MaceConfig
