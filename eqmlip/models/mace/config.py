@@ -87,7 +87,7 @@ class MaceConfig:
     l_max: int = 3
     node_symmetry: int | None = None
     correlation: int = 3
-    readout_irreps: Sequence[str] = ("16x0e", "0e")
+    readout_irreps: Sequence[str | e3nn.Irreps] = ("16x0e", "0e")
     num_readout_heads: int = 1
     include_pseudotensors: bool = False
     num_rbf: int = 8
