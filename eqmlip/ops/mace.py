@@ -177,7 +177,14 @@ def step_coefficients(step: PowerStep) -> tuple[np.ndarray, np.ndarray, np.ndarr
         vals.append(np.broadcast_to(cg[a, b, c][None], (len(k), len(a))).ravel())
     out, lhs, rhs, val = (np.concatenate(t) for t in (outs, lhss, rhss, vals))
     order = np.argsort(out, kind="stable")
-    return out[order], lhs[order], rhs[order], val[order]
+    # int32 whatever the x64 setting: JAX caches a converted constant by the array's identity,
+    # so an int64 array (from lru_cache) first used without x64 would come back as int32.
+    return (
+        out[order].astype(np.int32),
+        lhs[order].astype(np.int32),
+        rhs[order].astype(np.int32),
+        val[order],
+    )
 
 
 def power_step(
