@@ -1,5 +1,5 @@
-"""MACE's symmetric contraction: symmetry, initialisation, transformations, serialisation,
-errors. (Its numbers against mlip's are in tests/parity.)"""
+"""MACE's symmetric contraction and product-basis block: symmetry, initialisation,
+serialisation, errors. (Their numbers against mlip's are in tests/parity.)"""
 
 import io
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eqmlip import testing
-from eqmlip.models.mace import SymmetricContraction
+from eqmlip.models.mace import EquivariantProductBasisBlock, SymmetricContraction
 from eqmlip.ops.mace import contraction_plan, reachable_irreps
 
 K = jr.PRNGKey
@@ -145,3 +145,60 @@ def test_invalid_arguments(source, target, kwargs, match):
     args = dict(correlation=2, num_species=2, num_channels=3) | kwargs
     with pytest.raises(ValueError, match=f"SymmetricContraction: {match}"):
         SymmetricContraction(source, target, key=K(0), **args)
+
+
+# --- product basis block ------------------------------------------------------------------------
+
+
+def _product_basis(gate_nodes=True, seed=0):
+    return EquivariantProductBasisBlock(
+        "2x0e+2x1o+2x2e",
+        "2x0e+2x1o",
+        correlation=2,
+        num_species=2,
+        num_channels=2,
+        gate_nodes=gate_nodes,
+        key=K(seed),
+    )
+
+
+@hypothesis.settings(max_examples=4)
+@hypothesis.given(matrix=testing.o3_matrices(), seed=st.integers(0, 2**16))
+def test_product_basis_is_equivariant(matrix, seed):
+    block = _product_basis()
+    x = e3nn.IrrepsArray("2x0e+2x1o+2x2e", jr.normal(K(seed), (5, 18)))
+    testing.assert_equivariant(
+        lambda x: _apply(block, x, SPECIES), x, matrix=matrix, atol=1e-4, rtol=1e-4
+    )
+
+
+def test_product_basis_gate_and_shapes():
+    gated, plain = _product_basis(True), _product_basis(False)
+    assert gated.gate_weights is not None and gated.gate_weights.shape == (2, 2, 4)
+    assert gated.gate_bias is not None and gated.gate_bias.shape == (2, 4)
+    assert plain.gate_weights is None and plain.gate_bias is None
+    x = jr.normal(K(1), (5, 18))
+    y = _apply(gated, x, SPECIES)
+    assert y.irreps == e3nn.Irreps("2x0e+2x1o") and y.shape == (5, 8)
+    # With a zero gate, the gated block outputs zeros; the plain one does not.
+    zero = eqx.tree_at(
+        lambda b: (b.gate_weights, b.gate_bias),
+        gated,
+        (jnp.zeros((2, 2, 4)), jnp.zeros((2, 4))),
+    )
+    assert np.all(np.asarray(_apply(zero, x, SPECIES).array) == 0)
+    assert np.abs(np.asarray(_apply(plain, x, SPECIES).array)).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "source, target, kwargs, match",
+    [
+        ("2x0e+3x1o", "2x0e", {}, "every multiplicity of source_irreps"),
+        ("2x0e+2x1o", "2x1o+2x0e", {}, "target_irreps 2x1o\\+2x0e must be sorted"),
+        ("2x0e+2x1o", "2x1o", dict(gate_nodes=True), "gate_nodes needs 0e"),
+    ],
+)
+def test_product_basis_invalid_arguments(source, target, kwargs, match):
+    args = dict(correlation=2, num_species=2, num_channels=2) | kwargs
+    with pytest.raises(ValueError, match=f"EquivariantProductBasisBlock: {match}"):
+        EquivariantProductBasisBlock(source, target, key=K(0), **args)

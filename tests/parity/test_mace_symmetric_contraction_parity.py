@@ -35,9 +35,7 @@ CASES = [
     ("corr3-l3-node-symmetry-2-x64", True, "0e+1o+2e+3o", "0e+1o+2e", 3),
     ("corr1-l2-f32", False, "0e+1o+2e", "0e+1o+2e", 1),
     ("corr2-l2-last-layer-x64", True, "0e+1o+2e", "0e", 2),
-    ("corr3-l2-node-symmetry-1-f32", False, "0e+1o+2e", "0e+1o", 3),
     ("corr3-l1-pseudotensors-node-symmetry-0-x64", True, "0e+0o+1o+1e", "0e", 3),
-    ("corr2-l2-pseudotensors-f32", False, "0e+0o+1o+1e+2e+2o", "0e+1o+2e", 2),
     ("corr1-unreached-output-x64", True, "1o", "0e+1o", 1),
 ]
 
