@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.mace.blocks import EquivariantProductBasisBlock, SymmetricContraction
 from ..models.nequip.blocks import NequipEmbeddingBlock, NequipLayer
 from ..models.nequip.config import NequipConfig
 from ..models.nequip.network import Nequip, _atomic_energy_table
@@ -63,7 +64,14 @@ class _Reader:
     """Checks a flat parameter dict against the expected leaves (paths and shapes), then hands
     out leaves as NumPy arrays."""
 
-    def __init__(self, what: str, flat: Mapping[Path, Any], expected: Mapping[Path, tuple]):
+    def __init__(
+        self,
+        what: str,
+        flat: Mapping[Path, Any],
+        expected: Mapping[Path, tuple],
+        hint: str = "Build the eqmlip model from the same NequipConfig and dataset information "
+        "as the mlip model.",
+    ):
         missing = sorted(set(expected) - set(flat))
         extra = sorted(set(flat) - set(expected))
         # Empty leaves only need to be empty (mlip's own zip loader re-creates their shapes).
@@ -78,10 +86,7 @@ class _Reader:
             lines += [f"  missing: {_show(p)} {expected[p]}" for p in missing]
             lines += [f"  unexpected: {_show(p)} {tuple(np.shape(flat[p]))}" for p in extra]
             lines += wrong
-            lines.append(
-                "Build the eqmlip model from the same NequipConfig and dataset information as "
-                "the mlip model."
-            )
+            lines.append(hint)
             raise ValueError("\n".join(lines))
         self.flat = flat
 
@@ -183,6 +188,113 @@ def nequip_layer_from_mlip(layer: NequipLayer, params: Mapping[str, Any]) -> Neq
         raise TypeError(f"from_mlip: params must be a mapping, got {type(params).__name__}.")
     read = _Reader("NequipLayer", _flatten(params), _layer_expected(layer))
     return _load_layer(layer, read)
+
+
+def _symmetric_contraction_expected(block: SymmetricContraction) -> dict[Path, tuple]:
+    # e3j's LinearIndexwise: one `(species, channels, m_out = 1, m_in)` weight per output
+    # irrep, named by its position in the (sorted, unit-multiplicity) output irreps.
+    return {
+        ("LinearIndexwise_0", f"weight{i}_{ir.l}_{ir.p}"): (
+            block.num_species,
+            block.num_channels,
+            1,
+            int(w.shape[-1]),
+        )
+        for i, ((_, ir), w) in enumerate(zip(block.irreps_out, block.weights, strict=True))
+    }
+
+
+def symmetric_contraction_from_mlip(
+    block: SymmetricContraction, params: Mapping[str, Any]
+) -> SymmetricContraction:
+    """Load the parameters of one mlip MACE `SymmetricContraction` (the subtree holding
+    `LinearIndexwise_0/weight{i}_{l}_{p}`) into `block`, an eqmlip
+    [`eqmlip.models.mace.SymmetricContraction`][] built with the same arguments. The weights
+    keep mlip's order of copies, so they move as they are (less their `m_out = 1` axis).
+
+    Every leaf is checked by path and shape; a missing, extra or mis-shaped leaf raises a
+    `ValueError` naming it.
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"from_mlip: params must be a mapping, got {type(params).__name__}.")
+    read = _Reader(
+        "SymmetricContraction",
+        _flatten(params),
+        _symmetric_contraction_expected(block),
+        hint="Build the eqmlip block with the same source_irreps, keep_irrep_out, correlation, "
+        "num_species and num_channels as the mlip block.",
+    )
+    weights = tuple(
+        jnp.asarray(read(path)[:, :, 0, :], w.dtype)
+        for path, w in zip(_symmetric_contraction_expected(block), block.weights, strict=True)
+    )
+    return eqx.tree_at(lambda m: m.weights, block, weights)
+
+
+def _product_basis_expected(block: EquivariantProductBasisBlock) -> dict[Path, tuple]:
+    sc = block.symmetric_contraction
+    expected = {
+        ("symmetric_contraction", *path): shape
+        for path, shape in _symmetric_contraction_expected(sc).items()
+    }
+    for i, b in enumerate(block.linear.blocks):
+        expected[("linear_block", _e3j_name(i, b))] = (b.mul_out, b.mul_in)
+    if block.gate_weights is not None and block.gate_bias is not None:
+        expected[("species_wise_gate_weights",)] = tuple(block.gate_weights.shape)
+        expected[("species_wise_gate_bias",)] = tuple(block.gate_bias.shape)
+    return expected
+
+
+def product_basis_from_mlip(
+    block: EquivariantProductBasisBlock, params: Mapping[str, Any]
+) -> EquivariantProductBasisBlock:
+    """Load the parameters of one mlip MACE `EquivariantProductBasisBlock`
+    (`symmetric_contraction`, `linear_block` and, with `gate_nodes`, the
+    `species_wise_gate_*` arrays) into `block`, an eqmlip
+    [`eqmlip.models.mace.EquivariantProductBasisBlock`][] built with the same arguments.
+
+    Every leaf is checked by path and shape; a missing, extra or mis-shaped leaf raises a
+    `ValueError` naming it.
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"from_mlip: params must be a mapping, got {type(params).__name__}.")
+    flat = _flatten(params)
+    read = _Reader(
+        "EquivariantProductBasisBlock",
+        flat,
+        _product_basis_expected(block),
+        hint="Build the eqmlip block with the same source_irreps, target_irreps, correlation, "
+        "num_species, num_channels and gate_nodes as the mlip block.",
+    )
+    sub = {p[1:]: v for p, v in flat.items() if p[:1] == ("symmetric_contraction",)}
+    sc = symmetric_contraction_from_mlip(block.symmetric_contraction, _unflatten(sub))
+    weights = tuple(
+        jnp.asarray(read(("linear_block", _e3j_name(i, b))), w.dtype)
+        for i, (b, w) in enumerate(zip(block.linear.blocks, block.linear.weights, strict=True))
+    )
+    linear = eqx.tree_at(lambda m: m.weights, block.linear, weights)
+    block = eqx.tree_at(lambda m: (m.symmetric_contraction, m.linear), block, (sc, linear))
+    if block.gate_weights is not None and block.gate_bias is not None:
+        gw, gb = block.gate_weights, block.gate_bias
+        block = eqx.tree_at(
+            lambda m: (m.gate_weights, m.gate_bias),
+            block,
+            (
+                jnp.asarray(read(("species_wise_gate_weights",)), gw.dtype),
+                jnp.asarray(read(("species_wise_gate_bias",)), gb.dtype),
+            ),
+        )
+    return block
+
+
+def _unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
 
 
 def _embedding_expected(block: NequipEmbeddingBlock) -> dict[Path, tuple]:

@@ -1,0 +1,7 @@
+"""MACE (Batatia et al., 2022) as mlip 0.2.5 implements it, in Equinox."""
+
+from .blocks import (
+    EquivariantProductBasisBlock as EquivariantProductBasisBlock,
+    SymmetricContraction as SymmetricContraction,
+)
+from .config import MaceConfig as MaceConfig

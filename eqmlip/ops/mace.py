@@ -1,0 +1,255 @@
+"""The maths of MACE (mlip 0.2.5's `mlip.models.mace`), as pure functions on arrays.
+
+The symmetric contraction (MACE's equivariant product basis, Batatia et al. 2022, eq. 10)
+maps the per-channel node features `A` (irreps `S`, every multiplicity 1, `C` independent
+channels) of a node of species `z` to
+
+$$B_c = \\sum_{\\nu=1}^{N} W^{(\\nu)}_{z c} \\cdot \\Pi_T\\big(A_c^{\\otimes \\nu}\\big)$$
+
+where `A^{(x)nu}` is the `nu`-th equivariant power of `A_c`, built left to right as
+`A^{(x)nu} = A^{(x)(nu-1)} (x) A` with plain Clebsch-Gordan coefficients (no normalisation),
+every path kept as its own copy; `Pi_T` keeps the irreps of the target `T` (every
+multiplicity 1), and `W` mixes, per species and channel, all the copies of each output irrep
+(mlip's e3j `PowerExpansion`, `Permutation.sort` and `LinearIndexwise`, `TRAILING_CHANNELS`).
+Intermediate powers keep only irreps that can still reach `T` in the remaining products (e3j's
+pruning), which is exact.
+
+Copies are ordered as mlip orders them, so weights convert one for one: within an output irrep,
+the copies of `A` first, then those of `A^{(x)2}`, then `A^{(x)3}`, ...; within a power, the
+products in generation order (each left chunk, each right chunk, output degree ascending), and
+within a product the left copy `u` major, the right copy `v` minor.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from .nequip import irreps_from
+
+
+class ProductPath(NamedTuple):
+    """One Clebsch-Gordan path of a power step: chunk `i_lhs` of the previous power (`mul_lhs`
+    copies of `l1`) times chunk `i_rhs` of the source (`mul_rhs` copies of `l2`) into
+    `mul_lhs * mul_rhs` copies of `(l0, p0)`, at copies `start:` of that output block;
+    `rhs_start` is where the right chunk starts in the source's features."""
+
+    i_lhs: int
+    i_rhs: int
+    l1: int
+    l2: int
+    l0: int
+    p0: int
+    mul_lhs: int
+    mul_rhs: int
+    block: int
+    start: int
+    rhs_start: int
+
+
+class PowerStep(NamedTuple):
+    """`A^{(x)(nu+1)} = A^{(x)nu} (x) A`: the (regrouped) irreps on both sides and the paths,
+    grouped by output block in mlip's copy order."""
+
+    irreps_lhs: e3nn.Irreps
+    irreps_out: e3nn.Irreps
+    paths: tuple[ProductPath, ...]
+
+
+class ContractionPlan(NamedTuple):
+    """Everything static about a symmetric contraction.
+
+    - `steps`: the `correlation - 1` power steps.
+    - `powers`: the irreps of `A, A^{(x)2}, ...` (each regrouped and pruned).
+    - `kept`: for each target irrep, the `(power, chunk)` pairs feeding it, in copy order.
+    - `mul_in`: for each target irrep, the number of copies `W` mixes (0: output is zero).
+    """
+
+    steps: tuple[PowerStep, ...]
+    powers: tuple[e3nn.Irreps, ...]
+    kept: tuple[tuple[tuple[int, int], ...], ...]
+    mul_in: tuple[int, ...]
+
+
+def _irrep_order(ir: e3nn.Irrep) -> tuple[int, int]:
+    """e3nn's order `0e, 0o, 1o, 1e, 2e, ...` (parity `(-1)**l` first)."""
+    return (ir.l, 0 if ir.p == (-1) ** ir.l else 1)
+
+
+def reachable_irreps(
+    source: e3nn.Irreps, target: e3nn.Irreps, remaining: int
+) -> frozenset[tuple[int, int]]:
+    """The `(l, p)` a power may hold and still feed `target` after up to `remaining` more
+    products by `source` (e3j's `PowerExpansion._reachable_filter`, no `l_max`)."""
+    src = {(ir.l, ir.p) for _, ir in source}
+    reach = {(ir.l, ir.p) for _, ir in target}
+    frontier = set(reach)
+    for _ in range(remaining):
+        frontier = {
+            (l, p * ps)
+            for lt, p in frontier
+            for s, ps in src
+            for l in range(abs(lt - s), lt + s + 1)  # noqa: E741
+        }
+        reach |= frontier
+    return frozenset(reach)
+
+
+@functools.lru_cache(maxsize=64)
+def contraction_plan(source: e3nn.Irreps, correlation: int, target: e3nn.Irreps) -> ContractionPlan:
+    """The [`eqmlip.ops.mace.ContractionPlan`][] of a symmetric contraction of `source` up to
+    `correlation` onto `target` (every multiplicity of `target` 1, no repeats)."""
+    if correlation < 1:
+        raise ValueError(f"contraction_plan: correlation must be >= 1, got {correlation}.")
+    lhs = source
+    steps = []
+    powers = [source]
+    for nu in range(2, correlation + 1):
+        keep = reachable_irreps(source, target, correlation - nu)
+        raw = []  # (ir_out, generation index, path without block/start)
+        rhs_starts = [s.start for s in source.slices()]
+        for i_lhs, (m1, ir1) in enumerate(lhs):
+            for i_rhs, (m2, ir2) in enumerate(source):
+                for ir0 in ir1 * ir2:
+                    if (ir0.l, ir0.p) in keep:
+                        raw.append((ir0, i_lhs, i_rhs, ir1.l, ir2.l, m1, m2, rhs_starts[i_rhs]))
+        # Stable sort by output irrep: generation order within a block (e3j's Permutation.sort).
+        raw.sort(key=lambda t: _irrep_order(t[0]))
+        blocks: list[e3nn.Irrep] = []
+        for t in raw:
+            if not blocks or blocks[-1] != t[0]:
+                blocks.append(t[0])
+        paths = []
+        muls = [0] * len(blocks)
+        for ir0, i_lhs, i_rhs, l1, l2, m1, m2, rhs_start in raw:
+            b = blocks.index(ir0)
+            paths.append(
+                ProductPath(i_lhs, i_rhs, l1, l2, ir0.l, ir0.p, m1, m2, b, muls[b], rhs_start)
+            )
+            muls[b] += m1 * m2
+        out = irreps_from(list(zip(muls, blocks, strict=True)))
+        steps.append(PowerStep(lhs, out, tuple(paths)))
+        powers.append(out)
+        lhs = out
+    kept = []
+    mul_in = []
+    for _, ir in target:
+        feeds = []
+        count = 0
+        for nu, irreps in enumerate(powers):
+            for i, (mul, ir_i) in enumerate(irreps):
+                if ir_i == ir:
+                    feeds.append((nu, i))
+                    count += mul
+        kept.append(tuple(feeds))
+        mul_in.append(count)
+    return ContractionPlan(tuple(steps), tuple(powers), tuple(kept), tuple(mul_in))
+
+
+@functools.lru_cache(maxsize=256)
+def _cg(l0: int, l1: int, l2: int) -> np.ndarray:
+    """e3nn's Clebsch-Gordan coefficients `(2l0+1, 2l1+1, 2l2+1)` in float64, as e3j uses them
+    (no normalisation)."""
+    return np.asarray(e3nn.clebsch_gordan(l0, l1, l2), dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def step_coefficients(step: PowerStep) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzero coefficients of one power step over flat feature indices: `(out, lhs, rhs,
+    value)` with `z[out] += value * x[lhs] * y[rhs]`, sorted by `out` (float64 values)."""
+    lhs_starts = [s.start for s in step.irreps_lhs.slices()]
+    out_starts = [s.start for s in step.irreps_out.slices()]
+    outs, lhss, rhss, vals = [], [], [], []
+    for p in step.paths:
+        cg = _cg(p.l0, p.l1, p.l2)
+        a, b, c = np.nonzero(cg)
+        d0, d1, d2 = 2 * p.l0 + 1, 2 * p.l1 + 1, 2 * p.l2 + 1
+        u, v = np.divmod(np.arange(p.mul_lhs * p.mul_rhs), p.mul_rhs)
+        k = u * p.mul_rhs + v
+        outs.append((out_starts[p.block] + (p.start + k[:, None]) * d0 + a[None]).ravel())
+        lhss.append((lhs_starts[p.i_lhs] + u[:, None] * d1 + b[None]).ravel())
+        rhss.append((p.rhs_start + v[:, None] * d2 + c[None]).ravel())
+        vals.append(np.broadcast_to(cg[a, b, c][None], (len(k), len(a))).ravel())
+    out, lhs, rhs, val = (np.concatenate(t) for t in (outs, lhss, rhss, vals))
+    order = np.argsort(out, kind="stable")
+    # int32 whatever the x64 setting: JAX caches a converted constant by the array's identity,
+    # so an int64 array (from lru_cache) first used without x64 would come back as int32.
+    return (
+        out[order].astype(np.int32),
+        lhs[order].astype(np.int32),
+        rhs[order].astype(np.int32),
+        val[order],
+    )
+
+
+def power_step(
+    lhs: Float[Array, "dim_lhs batch"],
+    rhs: Float[Array, "dim_rhs batch"],
+    step: PowerStep,
+) -> Float[Array, "dim_out batch"]:
+    """One product `A^{(x)nu} (x) A` on feature-major arrays (features first, every node and
+    channel along `batch`): `z[i] = sum_{j k} C[i, j, k] x[j] y[k]` over the nonzero Clebsch-
+    Gordan coefficients of every path (a gather, a product and a sorted segment sum: few
+    operations, which XLA compiles fast, where one small product per path does not)."""
+    out, i_lhs, i_rhs, val = step_coefficients(step)
+    terms = lhs[i_lhs] * rhs[i_rhs] * jnp.asarray(val, lhs.dtype)[:, None]
+    return jax.ops.segment_sum(
+        terms, jnp.asarray(out), num_segments=step.irreps_out.dim, indices_are_sorted=True
+    )
+
+
+def symmetric_contraction(
+    x: Float[Array, "nodes channels dim_in"],
+    species: Int[Array, " nodes"],
+    weights: Sequence[Float[Array, "species channels _"]],
+    *,
+    irreps_in: e3nn.Irreps,
+    irreps_out: e3nn.Irreps,
+    correlation: int,
+) -> Float[Array, "nodes channels dim_out"]:
+    """MACE's symmetric contraction (see the module's docstring): mlip 0.2.5's
+    `SymmetricContraction` (e3j backend).
+
+    **Arguments:**
+
+    - `x`: `[nodes, channels, irreps_in.dim]` node features, leading channels.
+    - `species`: `[nodes]` species indices.
+    - `weights`: one `[species, channels, mul_in]` array per entry of `irreps_out`, `mul_in`
+        from [`eqmlip.ops.mace.contraction_plan`][] (mlip's `LinearIndexwise` weights
+        `weight{i}_{l}_{p}` without their `m_out = 1` axis).
+    - `irreps_in`, `irreps_out`, `correlation`: static.
+
+    **Returns:** `[nodes, channels, irreps_out.dim]`, in `x`'s dtype.
+    """
+    plan = contraction_plan(irreps_in, correlation, irreps_out)
+    if len(weights) != len(irreps_out):
+        raise ValueError(
+            f"symmetric_contraction: got {len(weights)} weight arrays, expected one per entry "
+            f"of irreps_out {irreps_out} ({len(irreps_out)})."
+        )
+    nodes, channels, dim = x.shape
+    source = x.reshape(nodes * channels, dim).T  # [dim, nodes * channels]
+    powers = [source]
+    for step in plan.steps:
+        powers.append(power_step(powers[-1], source, step))
+    outs = []
+    for (_, ir), feeds, mul_in, w in zip(irreps_out, plan.kept, plan.mul_in, weights, strict=True):
+        if mul_in == 0:
+            outs.append(jnp.zeros((ir.dim, nodes * channels), x.dtype))
+            continue
+        parts = []
+        for nu, i in feeds:
+            s = plan.powers[nu].slices()[i]
+            parts.append(powers[nu][s.start : s.stop].reshape(-1, ir.dim, nodes * channels))
+        stacked = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        w_nodes = w.astype(x.dtype)[species].reshape(nodes * channels, mul_in).T
+        outs.append(jnp.einsum("ub,uab->ab", w_nodes, stacked))
+    if not outs:
+        return jnp.zeros((nodes, channels, 0), x.dtype)
+    out = jnp.concatenate(outs, axis=0)  # [dim_out, nodes * channels]
+    return out.T.reshape(nodes, channels, irreps_out.dim)
