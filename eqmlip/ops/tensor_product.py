@@ -105,6 +105,73 @@ def _fold_batch(x: Array, batch: tuple[int, ...]) -> Array:
     return jnp.broadcast_to(x, (*batch, *x.shape[-3:])).reshape(-1, *x.shape[-3:])
 
 
+# Largest number of non-zero Clebsch-Gordan terms (with parities) for which `e3x_tensor`
+# writes the product out term by term. Up to L = 1 (at most 64 terms) the terms fuse into a few
+# element-wise kernels, where the folded contraction needs transposes and batched products of a
+# few µs each on CPU; the weight gradient of the term form costs one reduction per term, so it
+# stops here.
+TENSOR_UNROLL_MAX_TERMS = 64
+
+
+@functools.cache
+def _tensor_terms(
+    num_parity1: int,
+    max_degree1: int,
+    num_parity2: int,
+    max_degree2: int,
+    num_parity3: int,
+    max_degree3: int,
+    cartesian_order: bool,
+) -> tuple[tuple[tuple[int, int, int, int, int, int], ...], np.ndarray, np.ndarray]:
+    """The non-zero terms of `e3x_tensor`: `(c3, k) -> ((c1, i, c2, j, t), ...)` flattened in
+    output order, with each term's flat kernel index (over `(P1, L1+1, P2, L2+1, P3, L3+1)`)
+    and Clebsch-Gordan coefficient (float64) at position `t`."""
+    mask = tensor_kernel_mask(
+        num_parity1, max_degree1, num_parity2, max_degree2, num_parity3, max_degree3
+    )
+    cg = clebsch_gordan(max_degree1, max_degree2, max_degree3, cartesian_order=cartesian_order)
+    d1, d2, d3 = (_degree_of_index(d) for d in (max_degree1, max_degree2, max_degree3))
+    terms = []
+    for c3 in range(num_parity3):
+        for k in range(d3.size):
+            for i, j in zip(*np.nonzero(cg[:, :, k]), strict=True):
+                for c1 in range(num_parity1):
+                    for c2 in range(num_parity2):
+                        if mask[c1, d1[i], c2, d2[j], c3, d3[k]]:
+                            terms.append((c3, k, c1, int(i), c2, int(j)))
+    index = np.asarray(
+        [
+            np.ravel_multi_index((c1, d1[i], c2, d2[j], c3, d3[k]), mask.shape)
+            for c3, k, c1, i, c2, j in terms
+        ],
+        dtype=np.int64,
+    )
+    coefficients = np.asarray([cg[i, j, k] for _, k, _, i, _, j in terms], dtype=np.float64)
+    return tuple(terms), index, coefficients
+
+
+def _e3x_tensor_unrolled(
+    x1: Array, x2: Array, kernel: Array, terms: tuple, index: np.ndarray, coefficients: np.ndarray
+) -> Array:
+    """`e3x_tensor` term by term: `z[c3, k] = sum w_t x1[c1, i] x2[c2, j]` over the non-zero
+    terms `t` of `(c3, k)` (in `terms` order), `w_t` the kernel entry times the coefficient."""
+    batch = jnp.broadcast_shapes(x1.shape[:-3], x2.shape[:-3])
+    _, _, _, _, p3, l3, features = kernel.shape
+    weights = jnp.take(kernel.reshape(-1, features), _index(index), axis=0)
+    weights = weights * jnp.asarray(coefficients[:, None], x1.dtype)
+    by_output: dict[tuple[int, int], Array] = {}
+    for t, (c3, k, c1, i, c2, j) in enumerate(terms):
+        term = x1[..., c1, i, :] * x2[..., c2, j, :] * weights[t]
+        by_output[c3, k] = by_output[c3, k] + term if (c3, k) in by_output else term
+    zeros = jnp.zeros((*batch, features), x1.dtype)
+    outputs = [
+        jnp.broadcast_to(by_output.get((c3, k), zeros), (*batch, features))
+        for c3 in range(p3)
+        for k in range(l3 * l3)
+    ]
+    return jnp.stack(outputs, axis=-2).reshape(*batch, p3, l3 * l3, features)
+
+
 def e3x_tensor(
     x1: Float[Array, "*batch p1 d1 f"],
     x2: Float[Array, "*batch p2 d2 f"],
@@ -165,6 +232,11 @@ def e3x_tensor(
             precision=precision,
         )
         return z.reshape(*batch, *z.shape[1:])
+    terms, index, coefficients = _tensor_terms(
+        p1, l1max, p2, l2max, p3, l3max, bool(cartesian_order)
+    )
+    if len(terms) <= TENSOR_UNROLL_MAX_TERMS:
+        return _e3x_tensor_unrolled(x1, x2, kernel, terms, index, coefficients)
     dtype = x1.dtype
     mask = tensor_kernel_mask(p1, l1max, p2, l2max, p3, l3max)
     cg = clebsch_gordan(l1max, l2max, l3max, cartesian_order=cartesian_order)
