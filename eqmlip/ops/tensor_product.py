@@ -159,9 +159,16 @@ def _e3x_tensor_unrolled(
     _, _, _, _, p3, l3, features = kernel.shape
     weights = jnp.take(kernel.reshape(-1, features), _index(index), axis=0)
     weights = weights * jnp.asarray(coefficients[:, None], x1.dtype)
+    # Components by `split`, not by indexing: the gradient of a split is one concatenation,
+    # that of each index a zero-padded copy of the whole input, all summed.
+    parts1, parts2 = (
+        jnp.split(x.reshape(*x.shape[:-3], -1, x.shape[-1]), x.shape[-3] * x.shape[-2], axis=-2)
+        for x in (x1, x2)
+    )
+    dim1, dim2 = x1.shape[-2], x2.shape[-2]
     by_output: dict[tuple[int, int], Array] = {}
     for t, (c3, k, c1, i, c2, j) in enumerate(terms):
-        term = x1[..., c1, i, :] * x2[..., c2, j, :] * weights[t]
+        term = parts1[c1 * dim1 + i][..., 0, :] * parts2[c2 * dim2 + j][..., 0, :] * weights[t]
         by_output[c3, k] = by_output[c3, k] + term if (c3, k) in by_output else term
     zeros = jnp.zeros((*batch, features), x1.dtype)
     outputs = [
