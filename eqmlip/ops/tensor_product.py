@@ -106,11 +106,13 @@ def _fold_batch(x: Array, batch: tuple[int, ...]) -> Array:
 
 
 # Largest number of non-zero Clebsch-Gordan terms (with parities) for which `e3x_tensor`
-# writes the product out term by term. Up to L = 1 (at most 64 terms) the terms fuse into a few
-# element-wise kernels, where the folded contraction needs transposes and batched products of a
-# few µs each on CPU; the weight gradient of the term form costs one reduction per term, so it
-# stops here.
-TENSOR_UNROLL_MAX_TERMS = 64
+# writes the product out term by term (up to L = 2 against a P=1 input: 274 terms). The terms
+# fuse into a few element-wise kernels that read each input once; the folded contraction
+# materialises an `(..., F, D1, P3 D3)` intermediate (415 MB for MessagePass at 20,000 edges,
+# F = 32, L = 2) and, on small inputs, spends most of its time in transposes of a few µs each.
+# Compile time grows with the terms (8 s at 274 against 3 s), so larger products keep the
+# contraction.
+TENSOR_UNROLL_MAX_TERMS = 320
 
 
 @functools.cache
@@ -153,24 +155,48 @@ def _tensor_terms(
 def _e3x_tensor_unrolled(
     x1: Array, x2: Array, kernel: Array, terms: tuple, index: np.ndarray, coefficients: np.ndarray
 ) -> Array:
-    """`e3x_tensor` term by term: `z[c3, k] = sum w_t x1[c1, i] x2[c2, j]` over the non-zero
-    terms `t` of `(c3, k)` (in `terms` order), `w_t` the kernel entry times the coefficient."""
+    """`e3x_tensor` term by term: `z[c3, k] = sum_paths w_path sum_terms C x1[c1, i] x2[c2, j]`
+    over the non-zero terms of each path `(c1, l1, c2, l2, c3, l3)` into `(c3, k)`."""
     batch = jnp.broadcast_shapes(x1.shape[:-3], x2.shape[:-3])
     _, _, _, _, p3, l3, features = kernel.shape
-    weights = jnp.take(kernel.reshape(-1, features), _index(index), axis=0)
-    weights = weights * jnp.asarray(coefficients[:, None], x1.dtype)
     # Components by `split`, not by indexing: the gradient of a split is one concatenation,
     # that of each index a zero-padded copy of the whole input, all summed.
     parts1, parts2 = (
-        jnp.split(x.reshape(*x.shape[:-3], -1, x.shape[-1]), x.shape[-3] * x.shape[-2], axis=-2)
+        [
+            part[..., 0, :]
+            for part in jnp.split(
+                x.reshape(*x.shape[:-3], -1, x.shape[-1]), x.shape[-3] * x.shape[-2], axis=-2
+            )
+        ]
         for x in (x1, x2)
     )
     dim1, dim2 = x1.shape[-2], x2.shape[-2]
-    by_output: dict[tuple[int, int], Array] = {}
-    for t, (c3, k, c1, i, c2, j) in enumerate(terms):
-        term = parts1[c1 * dim1 + i][..., 0, :] * parts2[c2 * dim2 + j][..., 0, :] * weights[t]
-        by_output[c3, k] = by_output[c3, k] + term if (c3, k) in by_output else term
+    # Each path's weight multiplies all its orders `m3` at once, so that the weight gradient
+    # is one reduction per path, not one per term.
+    by_path: dict[int, dict[int, Array]] = {}
+    for t, (_, k, c1, i, c2, j) in enumerate(terms):
+        term = float(coefficients[t]) * parts1[c1 * dim1 + i] * parts2[c2 * dim2 + j]
+        orders = by_path.setdefault(int(index[t]), {})
+        orders[k] = orders[k] + term if k in orders else term
+    paths = list(by_path)
+    weights = jnp.split(
+        jnp.take(kernel.reshape(-1, features), _index(paths), axis=0), len(paths), axis=0
+    )
     zeros = jnp.zeros((*batch, features), x1.dtype)
+    by_output: dict[tuple[int, int], Array] = {}
+    shape6 = kernel.shape[:-1]
+    for path, weight in zip(paths, weights, strict=True):
+        c3, deg3 = (int(v) for v in np.unravel_index(path, shape6)[4:])
+        orders = by_path[path]
+        block = range(deg3 * deg3, (deg3 + 1) ** 2)
+        stacked = jnp.stack(
+            [jnp.broadcast_to(orders.get(k, zeros), (*batch, features)) for k in block], axis=-2
+        )
+        weighted = jnp.split(stacked * weight, len(block), axis=-2)
+        for k, part in zip(block, weighted, strict=True):
+            if k in orders:
+                part = part[..., 0, :]
+                by_output[c3, k] = by_output[c3, k] + part if (c3, k) in by_output else part
     outputs = [
         jnp.broadcast_to(by_output.get((c3, k), zeros), (*batch, features))
         for c3 in range(p3)
