@@ -223,9 +223,15 @@ def e3x_tensor(
     over the allowed paths: `|l1 - l2| <= l3 <= l1 + l2` and parity `d1 + d2 = d3 (mod 2)`,
     where the parity `d` of a block is its channel when `P=2` and `l % 2` when `P=1`
     ([`eqmlip.ops.tensor_product.tensor_kernel_mask`][]). Forbidden kernel entries are
-    multiplied by 0, as in e3x. `P3` and `L3` are read from the kernel's shape.
+    multiplied by 0, as in e3x (the term-by-term form below skips them). `P3` and `L3` are read
+    from the kernel's shape.
 
-    The path weights, their mask and the Clebsch-Gordan coefficients are first folded into one
+    Products of at most `TENSOR_UNROLL_MAX_TERMS` non-zero terms are written out term by term:
+    per path, `sum C x1 x2` over its non-zero coefficients, times the path's weight, summed
+    into each output component. XLA fuses this into a few element-wise kernels that read each
+    input once, without the per-row intermediate of the contraction below.
+
+    Larger products fold the path weights, their mask and the Clebsch-Gordan coefficients into one
     constant-size tensor `T[c1, i, c2, j, c3, k, f] = w[c1, l(i), c2, l(j), c3, l(k), f]
     C[i, j, k]`, then `z[..., c3, k, f] = sum x1[..., c1, i, f] x2[..., c2, j, f]
     T[c1, i, c2, j, c3, k, f]` is one einsum. Folding costs nothing per row (per edge in
