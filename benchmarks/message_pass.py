@@ -2,7 +2,8 @@
 
 For the Tensor and the FusedTensor variant: checks that both give the same loss and gradients
 from the same weights, then times the compile and the steady-state step of `value_and_grad`
-(with respect to the parameters and the node features) and prints one JSON line: medians,
+(with respect to the parameters and the node features; the two libraries' steps alternate,
+so that a change of load on a shared machine reaches both) and prints one JSON line: medians,
 ratios (e3x / eqmlip, > 1 means eqmlip is faster or smaller) and memory.
 
 Memory is XLA's own accounting of each compiled step (`compiled.memory_analysis()`): `temp`
@@ -31,18 +32,12 @@ import eqmlip
 from eqmlip.interop import from_flax
 
 
-def _time(fn, *args, repeats: int) -> tuple[float, float, dict[str, int]]:
-    """(compile seconds, median step seconds, memory) of the jitted `fn`."""
+def _compile(fn, *args) -> tuple[Any, float, dict[str, int]]:
+    """(compiled `fn`, compile seconds, memory)."""
     jitted = jax.jit(lambda *a: fn(*a))  # a fresh function: no compile-cache hit
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(*args))  # warm-up
-    steps = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        steps.append(time.perf_counter() - start)
     analysis: Any = compiled.memory_analysis()
     memory = {
         "temp": int(analysis.temp_size_in_bytes),
@@ -53,7 +48,21 @@ def _time(fn, *args, repeats: int) -> tuple[float, float, dict[str, int]]:
             - analysis.alias_size_in_bytes
         ),
     }
-    return compile_s, statistics.median(steps), memory
+    return compiled, compile_s, memory
+
+
+def _interleaved(calls: list[tuple[Any, tuple]], repeats: int) -> list[list[float]]:
+    """Step seconds of each compiled call, timed in alternation: on a shared machine a change
+    of load then reaches both, not only whichever ran second."""
+    for compiled, args in calls:
+        jax.block_until_ready(compiled(*args))  # warm-up
+    steps: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for times, (compiled, args) in zip(steps, calls, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times.append(time.perf_counter() - start)
+    return steps
 
 
 def _relative(a, b) -> float:
@@ -111,15 +120,21 @@ def _case(fused: bool, args: argparse.Namespace, data: dict[str, Any]) -> dict[s
     if max(relative.values()) > 1e-4:
         raise SystemExit(f"eqmlip and e3x disagree ({'fused' if fused else 'tensor'}): {relative}")
 
-    eqmlip_compile, eqmlip_median, eqmlip_memory = _time(
-        eqmlip_step, params, x, repeats=args.repeats
+    eqmlip_compiled, eqmlip_compile, eqmlip_memory = _compile(eqmlip_step, params, x)
+    e3x_compiled, e3x_compile, e3x_memory = _compile(e3x_step, variables, x)
+    eqmlip_steps, e3x_steps = _interleaved(
+        [(eqmlip_compiled, (params, x)), (e3x_compiled, (variables, x))], args.repeats
     )
-    e3x_compile, e3x_median, e3x_memory = _time(e3x_step, variables, x, repeats=args.repeats)
+    eqmlip_median, e3x_median = map(statistics.median, (eqmlip_steps, e3x_steps))
+    # Per round: the two steps of one round ran back to back, under about the same load.
+    round_ratios = [f / e for e, f in zip(eqmlip_steps, e3x_steps, strict=True)]
     return {
         "max_relative_error": max(relative.values()),
         "eqmlip_median_ms": round(eqmlip_median * 1e3, 3),
         "e3x_median_ms": round(e3x_median * 1e3, 3),
         "speedup_vs_e3x": round(e3x_median / eqmlip_median, 3),
+        "speedup_per_round_median": round(statistics.median(round_ratios), 3),
+        "speedup_per_round_min_max": [round(min(round_ratios), 3), round(max(round_ratios), 3)],
         "eqmlip_compile_s": round(eqmlip_compile, 3),
         "e3x_compile_s": round(e3x_compile, 3),
         "eqmlip_temp_mib": round(eqmlip_memory["temp"] / 2**20, 2),
@@ -138,7 +153,11 @@ def main() -> None:
     parser.add_argument("--max-degree", type=int, default=2)
     parser.add_argument("--num-basis", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--variants", default="tensor,fused", help="tensor and/or fused")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - {"tensor", "fused"}:
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; expected tensor and/or fused")
 
     rng = np.random.default_rng(0)
     positions = 5.0 * rng.standard_normal((args.nodes, 3))
@@ -159,7 +178,7 @@ def main() -> None:
         "dst": jnp.asarray(dst, jnp.int32),
         "src": jnp.asarray(src, jnp.int32),
     }
-    results = {name: _case(name == "fused", args, data) for name in ("tensor", "fused")}
+    results = {name: _case(name == "fused", args, data) for name in variants}
     print(
         json.dumps(
             {

@@ -82,7 +82,8 @@ class Dense(eqx.Module):
 
     One `(F_in, F_out)` matrix per degree `l` and parity channel `c` (Flax names `"{l}+"` and
     `"{l}-"`), and a bias on the scalar `0e` block only. The output keeps the input's `P` and
-    `L`. Given the same weights, the output equals e3x's.
+    `L`. Given the same weights, the output equals e3x's (to rounding; small inputs take one
+    block-diagonal product, see [`eqmlip.ops.linear.e3x_dense`][]).
 
     Built eagerly: the input's parity-axis size, degree and feature count, which e3x reads from
     its first input, are constructor arguments.
@@ -310,8 +311,11 @@ class Tensor(AbstractTensorProduct):
     `L1 + L2`; `P3 = 2` if `include_pseudotensors` else 1, except that two `P=1` inputs give
     `P3 = 1` whenever one of `L1, L2, L3` is 0.
 
-    Differences from e3x: the kernel, its mask and the Clebsch-Gordan coefficients are folded
-    into one constant before the contraction (faster, same result up to rounding); the
+    Differences from e3x: products of up to 320 non-zero Clebsch-Gordan terms (`L <= 2`
+    against a `P=1` input, as in `MessagePass`) are written out term by term, larger ones fold
+    the kernel, its mask and the Clebsch-Gordan coefficients into one constant before the
+    contraction (see [`eqmlip.ops.tensor_product.e3x_tensor`][]; faster, same result up to
+    rounding); the
     Clebsch-Gordan constants are built in the dtype of the inputs, so float32
     inputs give float32 outputs even under `jax_enable_x64` (e3x promotes them to float64);
     both inputs must have the same dtype (e3x promotes mixed dtypes) and the same batch shape;

@@ -402,6 +402,13 @@ def dense_parameter_names(num_parity: int, max_degree: int) -> tuple[str, ...]:
     return tuple(f"{deg}{'+-'[deg % 2]}" for deg in range(max_degree + 1))
 
 
+# Largest multiply-adds of one block-diagonal product (rows x (C F_in) x (C F_out), C = P (L+1)**2)
+# for which `e3x_dense` takes it. Below this the per-degree form is a few kernels whose fixed
+# cost (slice, dot, concatenate: each a few µs on CPU) exceeds the zeros the single product
+# multiplies; small molecules live here. Above it, the per-degree form does C times less work.
+DENSE_BLOCK_DIAGONAL_MAX_MACS = 2**21
+
+
 def e3x_dense(
     x: Float[Array, "*batch p dim fin"],
     kernels: Sequence[Float[Array, "fin fout"]],
@@ -413,7 +420,12 @@ def e3x_dense(
 
     $$y[\\ldots, c, l, m, :] = x[\\ldots, c, l, m, :]\\, W_{c,l} + b\\,[c = 0, l = 0]$$
 
-    Each block is a `lax.dot_general` over the feature axis, as in Flax's `nn.Dense`.
+    Large inputs take one `lax.dot_general` per block over the feature axis, as Flax's
+    `nn.Dense` in e3x. Small ones (at most `DENSE_BLOCK_DIAGONAL_MAX_MACS` multiply-adds in
+    the product below) take a single product with the block-diagonal matrix that holds each
+    component's `W_{c,l}`: one kernel instead of a slice, a product and a concatenation per
+    block, with the same non-zero terms; results agree to rounding. There a non-finite input
+    component makes its whole row non-finite (`inf * 0`), where e3x keeps it to its block.
 
     **Arguments:**
 
@@ -425,12 +437,18 @@ def e3x_dense(
 
     **Returns:** `(..., P, (L+1)**2, F_out)`.
     """
-    num_parity, max_degree, _ = feature_shape(x.shape, caller="e3x_dense")
+    num_parity, max_degree, in_features = feature_shape(x.shape, caller="e3x_dense")
     if len(kernels) != num_parity * (max_degree + 1):
         raise ValueError(
             f"e3x_dense: expected {num_parity * (max_degree + 1)} kernels for features of "
             f"shape {x.shape}, got {len(kernels)}."
         )
+    features = kernels[0].shape[1]
+    dim = (max_degree + 1) ** 2
+    components = num_parity * dim
+    rows = math.prod(x.shape[:-3])
+    if rows * components**2 * in_features * features <= DENSE_BLOCK_DIAGONAL_MAX_MACS:
+        return _e3x_dense_block_diagonal(x, kernels, bias, precision=precision)
     channels = []
     for channel in range(num_parity):
         blocks = []
@@ -445,3 +463,29 @@ def e3x_dense(
             blocks.append(y)
         channels.append(jnp.concatenate(blocks, axis=-2))
     return jnp.stack(channels, axis=-3)
+
+
+def _e3x_dense_block_diagonal(
+    x: Array, kernels: Sequence[Array], bias: Array | None, *, precision: Precision
+) -> Array:
+    """`e3x_dense` as one product: `(..., P D F_in) @ (P D F_in, P D F_out)`, the kernel of
+    component `(c, l, m)` in diagonal block `(c, l, m)` and zeros elsewhere."""
+    num_parity, max_degree, in_features = feature_shape(x.shape, caller="e3x_dense")
+    features = kernels[0].shape[1]
+    dim = (max_degree + 1) ** 2
+    components = num_parity * dim
+    rows = []
+    for channel in range(num_parity):
+        for deg in range(max_degree + 1):
+            kernel = kernels[channel * (max_degree + 1) + deg]
+            for order in range(2 * deg + 1):
+                c = channel * dim + deg * deg + order
+                rows.append(
+                    jnp.pad(kernel, ((0, 0), (c * features, (components - 1 - c) * features)))
+                )
+    matrix = jnp.concatenate(rows, axis=0)
+    flat = x.reshape(*x.shape[:-3], components * in_features)
+    y = jax.lax.dot_general(flat, matrix, (((flat.ndim - 1,), (0,)), ((), ())), precision=precision)
+    if bias is not None:  # the `0e` block leads the flattened output
+        y = jnp.concatenate([y[..., :features] + bias, y[..., features:]], axis=-1)
+    return y.reshape(*x.shape[:-3], num_parity, dim, features)
