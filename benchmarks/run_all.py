@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "md": ([], ["--systems", "molecule", "--steps", "20", "--ase-steps", "5", "--repeats", "1"]),
     "md_conservation": ([], []),
     "scaling": ([], ["--repeats", "1", "--supercell", "2"]),
+    "profile_ops": (["--mlip"], ["--systems", "molecule", "--repeats", "3"]),
     "plot_scaling": (["--cells", "1,2,4,8"], ["--cells", "1,2", "--repeats", "1"]),
 }
 

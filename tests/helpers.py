@@ -1,11 +1,25 @@
 """Shared test utilities."""
 
+import importlib.util
+import pathlib
+from types import ModuleType
+
 import equinox as eqx
 import jax.random as jr
 import numpy as np
 
 from eqmlip.data import GraphLoader, statistics
 from eqmlip.models.nequip import Nequip, NequipConfig
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """`benchmarks/<name>.py` as a module (the folder is not a package)."""
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def relative_error(actual, expected) -> float:

@@ -1,24 +1,18 @@
 """`benchmarks/e3x_model.py` at a tiny size: it runs the page's model, checks it against e3x and
 prints the record it returns; its random cluster keeps the requested density and distances."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.parity
+from ..helpers import load_benchmark
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "e3x_model.py"
+pytestmark = pytest.mark.parity
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("e3x_model_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("e3x_model")
 
 
 def test_molecule_record(capsys):

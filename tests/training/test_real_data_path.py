@@ -1,8 +1,6 @@
 """`benchmarks/train_real.py`: training from an extxyz path, end to end."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -11,15 +9,11 @@ from ase.collections import g2
 
 from eqmlip.data import Structure, read_structures, write_structures
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "train_real.py"
+from ..helpers import load_benchmark
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("train_real", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_real")
 
 
 def _methane_frames(n: int) -> list[Structure]:
