@@ -23,6 +23,7 @@ import argparse
 import collections
 import glob
 import gzip
+import importlib.util
 import json
 import os
 import platform
@@ -51,6 +52,17 @@ from benchmarks.nequip import (  # noqa: E402
 from eqmlip.interop.mlip import from_mlip  # noqa: E402
 from eqmlip.potential import predict  # noqa: E402
 
+
+def load_benchmark(name: str) -> Any:
+    """A sibling script as a module (benchmarks/ is not a package)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # (pattern on "file:function" of the innermost library frame, family); first match wins.
 FAMILIES = [
     (r"radial\.py|cutoffs\.py|radial_embedding|bessel|envelope|polynomial_cutoff", "radial basis"),
@@ -62,9 +74,12 @@ FAMILIES = [
     (r"safe_norm|edge_vectors|strain|node_graph_index|edge_graph_index", "geometry"),
     (r"readout|Readout|species|embedding|Embedding|scale|shift", "embedding, readout, E0"),
 ]
+# Charged only when it is the innermost library frame: every op of a training step has the
+# step and the loss among its outer frames.
+TRAINING = (r"optax/|training/|force_field\.py:.*loss|ema", "loss, optimizer, EMA")
 LIBRARY_FILES = {
-    "eqmlip": re.compile(r"/eqmlip/(?!_misc|_arrays)"),
-    "mlip": re.compile(r"/(mlip|e3nn_jax)/"),
+    "eqmlip": re.compile(r"/(eqmlip|optax)/(?!_misc|_arrays)"),
+    "mlip": re.compile(r"/(mlip|e3nn_jax|optax)/"),
 }
 
 
@@ -154,6 +169,8 @@ def _family(library: str, stack: list[tuple[str, str]]) -> tuple[str, str]:
         return "other", "(outside the library)"
     file, function = frames[0]
     where = f"{file.rsplit('/', 2)[-2]}/{file.rsplit('/', 1)[-1]}:{function}"
+    if re.search(TRAINING[0], where):
+        return TRAINING[1], where
     for file, function in frames:
         for pattern, family in FAMILIES:
             if re.search(pattern, f"{file.rsplit('/', 1)[-1]}:{function}"):
@@ -240,12 +257,18 @@ def profile(library: str, step: Any, args: tuple, repeats: int) -> dict[str, Any
     }
 
 
+def _on_arrays(step: Any, state: Any) -> tuple[Any, tuple]:
+    """`step(state) -> state` as a function of the state's arrays only (for `jax.jit`)."""
+    arrays, static = eqx.partition(state, eqx.is_array)
+    return (lambda a: eqx.filter(step(eqx.combine(a, static)), eqx.is_array)), (arrays,)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Time per op family of NequIP's step.")
-    parser.add_argument("--systems", default="molecule,crystal")
-    parser.add_argument("--repeats", type=int, default=20, help="profiled calls, molecule")
+    parser = argparse.ArgumentParser(description="Time per op family of NequIP's steps.")
+    parser.add_argument("--systems", default="molecule,crystal,train")
+    parser.add_argument("--repeats", type=int, default=20, help="profiled calls, molecule, train")
     parser.add_argument("--crystal-repeats", type=int, default=5, help="profiled calls, crystal")
-    parser.add_argument("--mlip", action="store_true", help="profile mlip's step too")
+    parser.add_argument("--mlip", action="store_true", help="profile mlip's steps too")
     parser.add_argument("--top", type=int, default=8, help="functions listed per step")
     args = parser.parse_args()
 
@@ -264,15 +287,26 @@ def main() -> None:
     systems = {"molecule": hexanol, "crystal": silicon}
     results: dict[str, Any] = {}
     for name in args.systems.split(","):
-        atoms = systems[name]()
-        repeats = args.crystal_repeats if name == "crystal" else args.repeats
-        result = profile("eqmlip", eqmlip_step, (params, eqmlip_graph(atoms)), repeats)
-        result["functions_ms"] = dict(list(result["functions_ms"].items())[: args.top])
-        results[f"eqmlip_{name}"] = result
-        if args.mlip:
-            theirs = profile("mlip", mlip_step, (force_field.params, mlip_graph(atoms)), repeats)
-            theirs["functions_ms"] = dict(list(theirs["functions_ms"].items())[: args.top])
-            results[f"mlip_{name}"] = theirs
+        if name == "train":
+            # benchmarks/train.py's steps (8 g2 molecules of 9 atoms), checked there.
+            built = load_benchmark("train").build(9, 8, 1e-3)
+            steps = {
+                "eqmlip": _on_arrays(built["eqmlip_step"], built["eqmlip_state"]),
+                "mlip": _on_arrays(built["mlip_step"], built["mlip_state"]),
+            }
+            repeats = args.repeats
+        else:
+            atoms = systems[name]()
+            steps = {
+                "eqmlip": (eqmlip_step, (params, eqmlip_graph(atoms))),
+                "mlip": (mlip_step, (force_field.params, mlip_graph(atoms))),
+            }
+            repeats = args.crystal_repeats if name == "crystal" else args.repeats
+        for library in ("eqmlip", "mlip") if args.mlip else ("eqmlip",):
+            step, step_args = steps[library]
+            result = profile(library, step, step_args, repeats)
+            result["functions_ms"] = dict(list(result["functions_ms"].items())[: args.top])
+            results[f"{library}_{name}"] = result
     print(
         json.dumps(
             {

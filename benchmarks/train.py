@@ -153,15 +153,10 @@ def _time(step: Any, state: Any, repeats: int) -> tuple[float, float]:
     return first - median, median
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="NequIP training step, eqmlip vs mlip.")
-    parser.add_argument("--atoms", type=int, default=9, help="atoms per molecule")
-    parser.add_argument("--batch", type=int, default=8, help="molecules per batch")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    args = parser.parse_args()
-
-    mols = molecules(args.atoms, args.batch)
+def build(atoms: int, batch_size: int, learning_rate: float) -> dict[str, Any]:
+    """Both libraries' training steps on one batch, from the same weights, checked against
+    each other: `eqmlip_step` / `mlip_step` map a training state to the next one."""
+    mols = molecules(atoms, batch_size)
     species = sorted({int(z) for m in mols for z in m.numbers})
     e0 = {z: -10.0 * z for z in species}
     structures = with_targets(mols, e0)
@@ -173,7 +168,7 @@ def main() -> None:
     optimizer = make_optimizer(
         TrainConfig(
             optimizer="amsgrad",
-            learning_rate=args.learning_rate,
+            learning_rate=learning_rate,
             warmup_steps=0,
             schedule="constant",
             grad_clip=10.0,
@@ -194,7 +189,7 @@ def main() -> None:
         mlip_loss,  # pyright: ignore[reportArgumentType]
         optimizer,
         ema_fun,
-        avg_n_graphs_per_batch=args.batch,
+        avg_n_graphs_per_batch=batch_size,
     )
     mgraph = mlip_batch(structures)
     mlip_state = init_training_state(force_field.params, optimizer, ema_fun)
@@ -220,11 +215,30 @@ def main() -> None:
             f"eqmlip and mlip diverge after one update: {float(value)=} "
             f"{float(metrics['loss'])=} ({second_error=:.2e})"
         )
+    return {
+        "eqmlip_step": lambda s: train_step(s, batch, optimizer, loss, EMA_DECAY)[0],
+        "eqmlip_state": state,
+        "mlip_step": lambda s: mlip_step(s, mgraph, 0)[0],
+        "mlip_state": mlip_state,
+        "batch": batch,
+        "first_loss": ref,
+        "loss_relative_error": loss_error,
+        "second_loss_relative_error": second_error,
+    }
 
-    ours_t = _time(
-        lambda s: train_step(s, batch, optimizer, loss, EMA_DECAY)[0], state, args.repeats
-    )
-    theirs_t = _time(lambda s: mlip_step(s, mgraph, 0)[0], mlip_state, args.repeats)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="NequIP training step, eqmlip vs mlip.")
+    parser.add_argument("--atoms", type=int, default=9, help="atoms per molecule")
+    parser.add_argument("--batch", type=int, default=8, help="molecules per batch")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    args = parser.parse_args()
+
+    built = build(args.atoms, args.batch, args.learning_rate)
+    batch = built["batch"]
+    ours_t = _time(built["eqmlip_step"], built["eqmlip_state"], args.repeats)
+    theirs_t = _time(built["mlip_step"], built["mlip_state"], args.repeats)
     print(
         json.dumps(
             {
@@ -236,9 +250,9 @@ def main() -> None:
                 "cutoff": CUTOFF,
                 "optimizer": "clip_by_global_norm(10) + amsgrad, EMA 0.99",
                 "loss": {"energy_per_atom": ENERGY_WEIGHT, "forces": FORCES_WEIGHT},
-                "first_loss": ref,
-                "loss_relative_error": loss_error,
-                "second_loss_relative_error": second_error,
+                "first_loss": built["first_loss"],
+                "loss_relative_error": built["loss_relative_error"],
+                "second_loss_relative_error": built["second_loss_relative_error"],
                 "eqmlip_steps_per_s": round(1 / ours_t[1], 3),
                 "mlip_steps_per_s": round(1 / theirs_t[1], 3),
                 "eqmlip_median_ms": round(ours_t[1] * 1e3, 2),
