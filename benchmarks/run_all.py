@@ -42,7 +42,10 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "md_conservation": ([], []),
     "scaling": ([], ["--repeats", "1", "--supercell", "2"]),
     "profile_ops": (["--mlip"], ["--systems", "molecule", "--repeats", "3"]),
-    "plot_scaling": (["--cells", "1,2,4,8"], ["--cells", "1,2", "--repeats", "1"]),
+    "plot_scaling": (
+        ["--cells", "1,2,4,8", "--mlip-max-atoms", "512"],
+        ["--cells", "1,2", "--repeats", "1"],
+    ),
 }
 
 
