@@ -58,6 +58,14 @@ class Mace(AbstractPotential):
         `dataset_info.avg_r_min_angstrom`).
     - `atomic_energies`, `total_charges`, `long_range_cutoff`, `energy_scale`,
         `energy_shift`, `dtype`, `key`: as for [`eqmlip.models.nequip.Nequip`][].
+
+    **Differences from mlip:** `config.avg_num_neighbors` and `config.avg_r_min` override the
+    dataset's values, as mlip documents; mlip 0.2.5's MACE network ignores both fields and
+    always reads its dataset info (`from_mlip` therefore takes the dataset info's values).
+    The hidden irreps of the last readout must be scalars (mlip gates non-scalars on
+    mislabelled components); `readout_irreps[1]` must be `"0e"`. mlip's alternative
+    symmetric-contraction backends and Gaunt messages are refused by
+    [`eqmlip.models.mace.MaceConfig`][].
     """
 
     embedding: NequipEmbeddingBlock
