@@ -17,7 +17,8 @@ from eqmlip.io import load_model, save_model
 from eqmlip.models import potential_class, potential_name
 from eqmlip.models.mace import Mace, MaceConfig, MaceLayer
 from eqmlip.potential import predict
-from eqmlip.training._run import ModelConfig
+from eqmlip.data import Structure, statistics
+from eqmlip.training._run import ModelConfig, build_model
 
 SPECIES = (1, 6, 8)
 CUTOFF = 2.5
@@ -130,6 +131,19 @@ def test_training_config_selects_mace():
     assert isinstance(config.options, MaceConfig)
     assert config.options.num_channels == 8 and config.options.node_symmetry == 1
     assert ModelConfig.from_dict(config.to_dict()) == config
+    # The training run builds it through the registry, from the data's statistics.
+    atoms = [
+        ase.Atoms("CHO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0.3]]),
+        ase.Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]]),
+    ]
+    for a, e in zip(atoms, (-3.0, -2.5), strict=True):
+        a.info["energy"] = e
+    e0 = {1: -0.5, 6: -1.0, 8: -1.5}
+    stats = statistics([Structure.from_atoms(a) for a in atoms], cutoff=3.0, atomic_energies=e0)
+    built = ModelConfig.from_dict({**section, "energy_scale": 1.0})
+    model = eqx.filter_eval_shape(build_model, built, stats)
+    assert isinstance(model, Mace) and model.species == (1, 6, 8) and model.cutoff == 3.0
+    assert model.avg_num_neighbors == stats.avg_num_neighbors
 
 
 def test_errors_name_what_was_given():
