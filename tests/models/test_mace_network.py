@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from eqmlip import Graph, pad_graph, testing
+from eqmlip.data import Structure, statistics
 from eqmlip.io import load_model, save_model
 from eqmlip.models import potential_class, potential_name
 from eqmlip.models.mace import Mace, MaceConfig, MaceLayer
 from eqmlip.potential import predict
-from eqmlip.data import Structure, statistics
 from eqmlip.training._run import ModelConfig, build_model
 
 SPECIES = (1, 6, 8)
