@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.mace.blocks import EquivariantProductBasisBlock, SymmetricContraction
+from ..models.mace.blocks import EquivariantProductBasisBlock, MaceLayer, SymmetricContraction
+from ..models.mace.config import MaceConfig
+from ..models.mace.network import Mace
 from ..models.nequip.blocks import NequipEmbeddingBlock, NequipLayer
 from ..models.nequip.config import NequipConfig
 from ..models.nequip.network import Nequip, _atomic_energy_table
@@ -347,7 +349,11 @@ def nequip_embedding_from_mlip(
 # --- the whole network -------------------------------------------------------------------------
 
 
-def _readout_expected(readout: MultiHeadReadoutBlock, latent: e3nn.Irreps) -> dict[Path, tuple]:
+def _readout_expected(
+    readout: MultiHeadReadoutBlock,
+    latent: e3nn.Irreps,
+    prefix: Path = ("MultiHeadReadoutBlock_0",),
+) -> dict[Path, tuple]:
     """mlip's readout leaves: per head `ReadoutBlock_{h}/Linear_{k}/weight{i}_{l}_{p}`, with the
     first linear reading the full last-layer irreps `latent` (zero-size weights for l > 0)."""
     expected: dict[Path, tuple] = {}
@@ -356,14 +362,17 @@ def _readout_expected(readout: MultiHeadReadoutBlock, latent: e3nn.Irreps) -> di
         for k, layer in enumerate(head.layers):
             assert isinstance(layer, E3jLinear)
             for i, b in enumerate(e3j_blocks(source, layer.irreps_out)):
-                path = ("MultiHeadReadoutBlock_0", f"ReadoutBlock_{h}", f"Linear_{k}")
+                path = (*prefix, f"ReadoutBlock_{h}", f"Linear_{k}")
                 expected[(*path, _e3j_name(i, b))] = (b.mul_out, b.mul_in)
             source = layer.irreps_out
     return expected
 
 
 def _load_readout(
-    readout: MultiHeadReadoutBlock, latent: e3nn.Irreps, read: Callable[[Path], np.ndarray]
+    readout: MultiHeadReadoutBlock,
+    latent: e3nn.Irreps,
+    read: Callable[[Path], np.ndarray],
+    prefix: Path = ("MultiHeadReadoutBlock_0",),
 ) -> MultiHeadReadoutBlock:
     heads = []
     for h, head in enumerate(readout.heads):
@@ -372,7 +381,7 @@ def _load_readout(
         for k, layer in enumerate(head.layers):
             assert isinstance(layer, E3jLinear)
             full = e3j_blocks(source, layer.irreps_out)
-            path = ("MultiHeadReadoutBlock_0", f"ReadoutBlock_{h}", f"Linear_{k}")
+            path = (*prefix, f"ReadoutBlock_{h}", f"Linear_{k}")
             weights = []
             for b, w in zip(layer.blocks, layer.weights, strict=True):
                 i = next(j for j, f in enumerate(full) if (f.l, f.p) == (b.l, b.p))
@@ -437,8 +446,10 @@ def _network_params(params: Any) -> dict[Path, Any]:
     return flat
 
 
-def from_mlip(params: Any, config: Any, dataset_info: Any, *, dtype: Any = None) -> Nequip:
-    """Build an eqmlip [`eqmlip.models.nequip.Nequip`][] from an mlip 0.2.5 NequIP model.
+def from_mlip(params: Any, config: Any, dataset_info: Any, *, dtype: Any = None) -> Nequip | Mace:
+    """Build an eqmlip [`eqmlip.models.nequip.Nequip`][] or [`eqmlip.models.mace.Mace`][] from
+    an mlip 0.2.5 NequIP or MACE model (which one: from the kind of `config`, or for a plain
+    mapping from its fields and the parameters' top-level names).
 
     **Arguments:**
 
@@ -446,13 +457,14 @@ def from_mlip(params: Any, config: Any, dataset_info: Any, *, dtype: Any = None)
         any of the two outer levels may be omitted) as nested mappings of arrays (a
         `FrozenDict`), the flat `{"params#mlip_network#...": array}` mapping of the
         `params.npz` in mlip's model zip, or the `ForceField` itself.
-    - `config`: mlip's `NequipConfig` (or `Nequip.Config(...)`), an eqmlip
-        [`eqmlip.models.nequip.NequipConfig`][], or a mapping of its fields (e.g. the
-        `"config"` of the zip's `hyperparams.json`).
+    - `config`: mlip's `NequipConfig` or `MaceConfig` (or `Nequip.Config(...)`), an eqmlip
+        [`eqmlip.models.nequip.NequipConfig`][] or [`eqmlip.models.mace.MaceConfig`][], or a
+        mapping of its fields (e.g. the `"config"` of the zip's `hyperparams.json`).
     - `dataset_info`: mlip's `DatasetInfo`, or a mapping with its fields:
         `atomic_energies_map` (one `{Z: E0}` or a list per dataset), `graph_cutoff_angstrom`,
         `avg_num_neighbors` (default 1.0, as mlip), and optionally `total_charge_set`,
-        `long_range_cutoff_angstrom`, `scaling_mean`, `scaling_stdev` (e.g. the
+        `long_range_cutoff_angstrom`, `avg_r_min_angstrom` (MACE), `scaling_mean`,
+        `scaling_stdev` (e.g. the
         `"dataset_info"` of the zip's `hyperparams.json`, atomic numbers as strings).
     - `dtype`: parameter dtype; `None` is the default floating dtype.
 
@@ -462,7 +474,18 @@ def from_mlip(params: Any, config: Any, dataset_info: Any, *, dtype: Any = None)
 
     **Returns:** the model, ready to call (e.g. with [`eqmlip.potential.predict`][]).
     """
+    if _is_mace(params, config):
+        return _mace_from_mlip(params, config, dataset_info, dtype=dtype)
     config = _config(config)
+    kwargs, energies, species = _dataset_kwargs(dataset_info, dtype)
+    # Built abstractly: every array is then filled from mlip's parameters.
+    model = eqx.filter_eval_shape(Nequip, config, species, key=jax.random.key(0), **kwargs)
+    read = _Reader("Nequip", _network_params(params), _network_expected(model))
+    return _fill_nequip(model, read, energies, species)
+
+
+def _dataset_kwargs(dataset_info: Any, dtype: Any) -> tuple[dict[str, Any], Any, tuple[int, ...]]:
+    """The model constructor's dataset arguments from mlip's `DatasetInfo` (or its fields)."""
     energies = _field(dataset_info, "atomic_energies_map")
     if energies is None:
         raise ValueError("from_mlip: dataset_info has no atomic_energies_map.")
@@ -487,10 +510,12 @@ def from_mlip(params: Any, config: Any, dataset_info: Any, *, dtype: Any = None)
         energy_shift=float(_field(dataset_info, "scaling_mean", 0.0)),
         dtype=dtype,
     )
-    # Built abstractly: every array is then filled from mlip's parameters.
-    model = eqx.filter_eval_shape(Nequip, config, species, key=jax.random.key(0), **kwargs)
-    read = _Reader("Nequip", _network_params(params), _network_expected(model))
+    return kwargs, energies, species
 
+
+def _fill_nequip(
+    model: Nequip, read: Callable[[Path], np.ndarray], energies: Any, species: tuple[int, ...]
+) -> Nequip:
     def sub(prefix: str) -> Callable[[Path], np.ndarray]:
         return lambda path: read((prefix, *path))
 
@@ -507,6 +532,197 @@ def from_mlip(params: Any, config: Any, dataset_info: Any, *, dtype: Any = None)
         lambda m: (m.embedding, m.layers, m.readout, m.atomic_energies),
         model,
         (embedding, layers, readout, table),
+    )
+    abstract = [x for x in jax.tree.leaves(model) if isinstance(x, jax.ShapeDtypeStruct)]
+    assert not abstract, abstract
+    return model
+
+
+# --- MACE ----------------------------------------------------------------------------------------
+
+
+def _is_mace(params: Any, config: Any) -> bool:
+    """Whether `config` (and the parameters) describe a MACE rather than a NequIP."""
+    if isinstance(config, MaceConfig) or type(config).__name__ == "MaceConfig":
+        return True
+    if isinstance(config, NequipConfig) or type(config).__name__ == "NequipConfig":
+        return False
+    if isinstance(config, Mapping):
+        if "correlation" in config or "num_channels" in config:
+            return True
+        if "target_irreps" in config:
+            return False
+    try:
+        flat = _network_params(params)
+    except TypeError:
+        return False
+    return any(path[:1] == ("embedding_block",) for path in flat)
+
+
+def _mace_config(config: Any) -> MaceConfig:
+    """An eqmlip `MaceConfig` from mlip's (or a mapping of its fields). mlip 0.2.5's MACE reads
+    `avg_num_neighbors` and `avg_r_min` from the dataset info only, never from its config, so
+    they are cleared here and taken from the dataset info."""
+    if isinstance(config, MaceConfig):
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(MaceConfig)}
+    else:
+        values = {}
+        for f in dataclasses.fields(MaceConfig):
+            missing = object()
+            value = _field(config, f.name, missing)
+            if value is not missing:
+                values[f.name] = value
+    values.update(num_species=None, avg_num_neighbors=None, avg_r_min=None)
+    return MaceConfig(**values)
+
+
+def _mace_embedding_expected(block: NequipEmbeddingBlock) -> dict[Path, tuple]:
+    n0 = block.irreps_out.dim
+    if block.num_charges is None:
+        return {("node_embedding_block", "embed", "embedding"): (block.num_species, n0)}
+    joint = "node_embedding_block"
+    return {
+        (joint, "species_embedder", "embed", "embedding"): (block.num_species, n0),
+        (joint, "charge_embedder", "embed", "embedding"): (block.num_charges, n0),
+        (joint, "joint_embedding_projection", "kernel"): (2 * n0, n0),
+    }
+
+
+def _load_mace_embedding(
+    block: NequipEmbeddingBlock, read: Callable[[Path], np.ndarray]
+) -> NequipEmbeddingBlock:
+    """mlip's `MaceEmbeddingBlock` names its node embedding `node_embedding_block`, where
+    NequIP's has `NodeEmbeddingBlock_0` / `JointNodeEmbeddingBlock_0`; the leaves are alike."""
+
+    def renamed(path: Path) -> Path:
+        if path[0] == "NodeEmbeddingBlock_0" or path[0] == "JointNodeEmbeddingBlock_0":
+            return ("node_embedding_block", *path[1:])
+        return path
+
+    return _load_embedding(block, lambda path: read(renamed(path)))
+
+
+def _mace_layer_blocks(layer: MaceLayer) -> tuple[LinearBlock, ...]:
+    """mlip's linear_out blocks (onto every interaction irrep, zero-size where no message)."""
+    return e3j_blocks(layer.message_irreps, layer.interaction_irreps)
+
+
+def _mace_layer_expected(layer: MaceLayer) -> dict[Path, tuple]:
+    expected: dict[Path, tuple] = {}
+    conv = "interaction_block"
+    for i, b in enumerate(layer.linear_in_blocks):
+        expected[(conv, "linear_in", _e3j_name(i, b))] = (b.mul_out, b.mul_in)
+    for i, b in enumerate(_mace_layer_blocks(layer)):
+        expected[(conv, "linear_out", _e3j_name(i, b))] = (b.mul_out, b.mul_in)
+    sizes = layer.radial_mlp_sizes
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        expected[(conv, "radial_mlp", f"layers_{i}", "kernel")] = (n_in, n_out)
+    skip = "residual_block" if layer.use_residuals else "linear_by_species_block"
+    for i, b in enumerate(layer.skip_blocks):
+        expected[(skip, _e3j_name(i, b))] = (layer.num_species, b.mul_out, b.mul_in)
+    for path, shape in _product_basis_expected(layer.product).items():
+        expected[("expansion_block", *path)] = shape
+    for path, shape in _readout_expected(layer.readout, layer.irreps_out, ()).items():
+        expected[("readout_block", *path)] = shape
+    return expected
+
+
+def _load_mace_layer(layer: MaceLayer, read: Callable[[Path], np.ndarray]) -> MaceLayer:
+    dtype = layer.radial_kernels[0].dtype
+    conv = "interaction_block"
+    linear_in = [
+        read((conv, "linear_in", _e3j_name(i, b))) for i, b in enumerate(layer.linear_in_blocks)
+    ]
+    full = _mace_layer_blocks(layer)
+    linear_out = []
+    for k, b in enumerate(layer.linear_out_blocks):
+        i = _index_of(full, b)
+        w = read((conv, "linear_out", _e3j_name(i, full[i])))
+        linear_out.append(w[:, mlip_linear_out_columns(layer.paths, k)])
+    kernels = [
+        read((conv, "radial_mlp", f"layers_{i}", "kernel"))
+        for i in range(len(layer.radial_kernels))
+    ]
+    kernels[-1] = kernels[-1][:, mlip_radial_columns(layer.paths)]
+    skip = "residual_block" if layer.use_residuals else "linear_by_species_block"
+    skips = [read((skip, _e3j_name(i, b))) for i, b in enumerate(layer.skip_blocks)]
+    flat = {
+        path[1:]: read(path)
+        for path in _mace_layer_expected(layer)
+        if path[:1] == ("expansion_block",)
+    }
+    product = product_basis_from_mlip(layer.product, _unflatten(flat))
+    readout = _load_readout(
+        layer.readout, layer.irreps_out, lambda path: read(("readout_block", *path)), ()
+    )
+
+    def cast(arrays: list[np.ndarray]) -> tuple[Any, ...]:
+        return tuple(jnp.asarray(a, dtype) for a in arrays)
+
+    return eqx.tree_at(
+        lambda m: (
+            m.linear_in_weights,
+            m.linear_out_weights,
+            m.radial_kernels,
+            m.skip_weights,
+            m.product,
+            m.readout,
+        ),
+        layer,
+        (cast(linear_in), cast(linear_out), cast(kernels), cast(skips), product, readout),
+    )
+
+
+def mace_layer_from_mlip(layer: MaceLayer, params: Mapping[str, Any]) -> MaceLayer:
+    """Load the parameters of one mlip `MaceLayer` (the subtree `layers_{i}`:
+    `interaction_block`, `residual_block` or `linear_by_species_block`, `expansion_block`,
+    `readout_block`) into `layer`, an eqmlip [`eqmlip.models.mace.MaceLayer`][] built with the
+    same arguments. Every leaf is checked by path and shape."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"from_mlip: params must be a mapping, got {type(params).__name__}.")
+    read = _Reader(
+        "MaceLayer",
+        _flatten(params),
+        _mace_layer_expected(layer),
+        hint="Build the eqmlip layer with the same arguments as the mlip layer.",
+    )
+    return _load_mace_layer(layer, read)
+
+
+def _mace_expected(model: Mace) -> dict[Path, tuple]:
+    expected: dict[Path, tuple] = {}
+    for path, shape in _mace_embedding_expected(model.embedding).items():
+        expected[("embedding_block", *path)] = shape
+    for i, layer in enumerate(model.layers):
+        for path, shape in _mace_layer_expected(layer).items():
+            expected[(f"layers_{i}", *path)] = shape
+    return expected
+
+
+def _mace_from_mlip(params: Any, config: Any, dataset_info: Any, *, dtype: Any) -> Mace:
+    config = _mace_config(config)
+    kwargs, energies, species = _dataset_kwargs(dataset_info, dtype)
+    r_min = _field(dataset_info, "avg_r_min_angstrom")
+    kwargs["avg_r_min"] = None if r_min is None else float(r_min)
+    model = eqx.filter_eval_shape(Mace, config, species, key=jax.random.key(0), **kwargs)
+    read = _Reader(
+        "Mace",
+        _network_params(params),
+        _mace_expected(model),
+        hint="Build the eqmlip model from the same MaceConfig and dataset information as the "
+        "mlip model.",
+    )
+
+    def sub(*prefix: str) -> Callable[[Path], np.ndarray]:
+        return lambda path: read((*prefix, *path))
+
+    embedding = _load_mace_embedding(model.embedding, sub("embedding_block"))
+    layers = tuple(
+        _load_mace_layer(layer, sub(f"layers_{i}")) for i, layer in enumerate(model.layers)
+    )
+    table = jnp.asarray(_atomic_energy_table(energies, species), model.atomic_energies.dtype)
+    model = eqx.tree_at(
+        lambda m: (m.embedding, m.layers, m.atomic_energies), model, (embedding, layers, table)
     )
     abstract = [x for x in jax.tree.leaves(model) if isinstance(x, jax.ShapeDtypeStruct)]
     assert not abstract, abstract

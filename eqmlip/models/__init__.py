@@ -13,3 +13,4 @@ from ._potential import (
 
 # Importing the shipped potentials registers them.
 from . import nequip as nequip  # noqa: E402  isort: skip
+from . import mace as mace  # noqa: E402  isort: skip

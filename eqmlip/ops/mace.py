@@ -21,7 +21,8 @@ within a product the left copy `u` major, the right copy `v` minor.
 """
 
 import functools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import e3nn_jax as e3nn
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .cutoffs import ENVELOPE_FUNCTIONS
 from .nequip import irreps_from
 
 
@@ -253,3 +255,63 @@ def symmetric_contraction(
         return jnp.zeros((nodes, channels, 0), x.dtype)
     out = jnp.concatenate(outs, axis=0)  # [dim_out, nodes * channels]
     return out.T.reshape(nodes, channels, irreps_out.dim)
+
+
+# --- the rest of a MACE layer: radial MLP, soft normalisation, radial pre-factor -----------------
+
+
+def scaled_radial_mlp(
+    radial: Float[Array, "edges num_rbf"],
+    kernels: Sequence[Float[Array, "_ _"]],
+    act: Callable[[jax.Array], jax.Array],
+) -> Float[Array, "edges out"]:
+    """MACE's radial MLP (mlip's `MLP` with `FAN_IN_NORMAL` kernels): dense layers without
+    bias, each output scaled by `1/sqrt(fan_in)` at run time, `act` between them (mlip passes
+    the activation normalised by `e3nn.normalize_function`)."""
+    x = radial
+    last = len(kernels) - 1
+    for i, kernel in enumerate(kernels):
+        x = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+        x = x * math.sqrt(1.0 / kernel.shape[0])
+        if i < last:
+            x = act(x)
+    return x
+
+
+def _sus(x: Array) -> Array:
+    """e3nn's smooth unit step `exp(-1/x)` for `x > 0`, else 0 (gradient-safe)."""
+    return jnp.where(x > 0.0, jnp.exp(-1.0 / jnp.where(x > 0.0, x, 1.0)), 0.0)
+
+
+def soft_normalize(
+    x: Float[Array, "nodes dim"], irreps: e3nn.Irreps, scale: float
+) -> Float[Array, "nodes dim"]:
+    """mlip's MACE `soft_normalization`: every irrep copy `v` (`2l+1` components) becomes
+    `v phi(|v|)`, `|v|` the component-normalised norm `sqrt(mean(v^2))` and
+    `phi(n) = 1 / (1 + (n/s) sus(n/s))` (`e3nn.norm_activation`; a zero copy stays zero)."""
+    n = x.shape[0]
+    parts = []
+    for (mul, ir), s in zip(irreps, irreps.slices(), strict=True):
+        chunk = x[:, s].reshape(n, mul, ir.dim)
+        n2 = jnp.sum(chunk**2, axis=-1, keepdims=True) / ir.dim
+        norm = jnp.where(n2 > 0.0, jnp.sqrt(jnp.where(n2 > 0.0, n2, 1.0)), 1.0)
+        u = norm / scale
+        parts.append((chunk / (1.0 + u * _sus(u))).reshape(n, mul * ir.dim))
+    if not parts:
+        return x
+    return jnp.concatenate(parts, axis=-1)
+
+
+# mlip's sample count for the radial pre-factor (`NUM_POINTS_LINSPACE_RADIAL_PREFACTOR`).
+_RADIAL_PREFACTOR_POINTS = 1000
+
+
+def radial_prefactor(avg_r_min: float, num_rbf: int, cutoff: float, envelope: str) -> float:
+    """mlip's `RadialEmbeddingBlock` pre-factor when `avg_r_min` is set: the radial embedding
+    is multiplied by `mean(B(r)^2)^(-1/2)` over 1000 points `r` from `avg_r_min` to the cutoff,
+    computed in float32 as mlip computes it (whatever the precision of the model)."""
+    with jax.ensure_compile_time_eval():
+        r = jnp.linspace(avg_r_min, cutoff, _RADIAL_PREFACTOR_POINTS, dtype=jnp.float32)
+        # e3nn's Bessel functions, as mlip evaluates them: the factor then agrees to the bit.
+        basis = e3nn.bessel(r, num_rbf, cutoff) * ENVELOPE_FUNCTIONS[envelope](r, cutoff)[:, None]
+        return float(jnp.mean(basis**2)) ** -0.5  # the power in Python, as mlip

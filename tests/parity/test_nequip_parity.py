@@ -27,7 +27,7 @@ from mlip.typing.properties import Properties
 
 from eqmlip import Graph, batch_graphs, pad_graph
 from eqmlip.interop.mlip import from_mlip
-from eqmlip.models.nequip import NequipConfig
+from eqmlip.models.nequip import Nequip, NequipConfig
 from eqmlip.potential import predict
 
 from ..helpers import relative_error
@@ -181,6 +181,7 @@ def _check(x64, config_kwargs, two_datasets, total_charges, long_range):
     force_field = _force_field(config, dataset_info, properties, seed=1)
     apply = jax.jit(force_field.predictor.apply)
     model = from_mlip(force_field.params, config, dataset_info)
+    assert isinstance(model, Nequip)
     assert (
         model.config.target_irreps == NequipConfig(target_irreps=config.target_irreps).target_irreps
     )

@@ -2,6 +2,8 @@
 
 from .blocks import (
     EquivariantProductBasisBlock as EquivariantProductBasisBlock,
+    MaceLayer as MaceLayer,
     SymmetricContraction as SymmetricContraction,
 )
 from .config import MaceConfig as MaceConfig
+from .network import Mace as Mace

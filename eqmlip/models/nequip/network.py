@@ -427,7 +427,7 @@ class Nequip(AbstractPotential):
         )
 
 
-def _config_json(config: NequipConfig) -> dict[str, Any]:
+def _config_json(config: Any) -> dict[str, Any]:
     """A config's fields as JSON values."""
     out = {}
     for field in dataclasses.fields(config):
