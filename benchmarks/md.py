@@ -16,17 +16,20 @@ a laptop CPU; `--config default` uses benchmarks/nequip.py's config (l_max 3).
 Correctness first, for each system: the engine's initial energy and forces equal the mlip
 `ForceField`'s, and its NVE trajectory equals the ASE loop's over 5 steps.
 
-Timing (compilation excluded everywhere; medians over `--repeats` runs):
+Timing (compilation excluded everywhere; medians over `--repeats` runs), interleaved: mlip's
+engine runs `1 + --repeats` episodes of N steps, and after each episode (from its logger, outside
+the episode's timing) eqmlip and the ASE loop run once each, so that all three share the
+machine's load as it drifts:
 
-- eqmlip: `simulate(..., steps=N, chunk=N)` once to compile (its `compile_seconds`), then
-  `--repeats` more runs; `MDResult.steps_per_second` times the chunk calls only.
-- ASE: a 2-step warm-up run (compiles the calculator), then `--repeats` runs of `--ase-steps`
-  steps, each timed around `VelocityVerlet.run`; compile = the first force call.
-- mlip: one engine with `1 + --repeats` episodes of N steps (`num_episodes`); a logger records
-  each episode's duration (mlip's own `state.compute_time_seconds`, which times the jitted
-  `fori_loop` and its overflow check). The first episode compiles; steps/s is N over the
-  median of the later episodes; compile = engine construction plus the first episode minus
-  a steady episode. mlip's default logging (positions, forces, velocities every step) is kept.
+- mlip: each episode's duration from mlip's own `state.compute_time_seconds` (which times the
+  jitted `fori_loop` and its overflow check). The first episode compiles; steps/s is N over the
+  median of the later episodes; compile = engine construction plus the first episode minus a
+  steady episode. mlip's default logging (positions, forces, velocities every step) is kept.
+- eqmlip: after the first episode, `simulate(..., steps=N, chunk=N)` once to compile (its
+  `compile_seconds`); after each later one, one more run, whose
+  `MDResult.steps_per_second` times the chunk calls only.
+- ASE: after the first episode, the calculator's first call (compile) and 2 steps; after each
+  later one, a run of `--ase-steps` steps timed around `VelocityVerlet.run`.
 
     python benchmarks/md.py [--systems molecule,cell256,cell2048] [--config small|default]
         [--steps 100] [--ase-steps 20] [--large-steps 10] [--large-ase-steps 5] [--repeats 3]
@@ -59,7 +62,7 @@ from nequip import CUTOFF, DEFAULT_TARGET, E0, hexanol, mlip_force_field, mlip_g
 from eqmlip import Graph
 from eqmlip.calculator import EqmlipCalculator
 from eqmlip.interop.mlip import from_mlip
-from eqmlip.md import simulate
+from eqmlip.md import MDResult, simulate
 from eqmlip.md._engine import maxwell_boltzmann
 
 SMALL_TARGET = "32x0e + 32x0o + 16x1o + 16x1e"
@@ -126,37 +129,55 @@ def check(name: str, atoms: ase.Atoms, model: Any, force_field: ForceField) -> d
     }
 
 
-def time_eqmlip(atoms: ase.Atoms, model: Any, steps: int, repeats: int) -> tuple[float, float]:
-    """(steps per second, compile seconds) of the jitted engine."""
-    first = simulate(model, atoms, steps=steps, timestep=TIMESTEP_FS, chunk=steps)
-    rates = [
-        simulate(model, atoms, steps=steps, timestep=TIMESTEP_FS, chunk=steps).steps_per_second
-        for _ in range(repeats)
-    ]
-    return statistics.median(rates), first.compile_seconds
+class Interleaved:
+    """The eqmlip and ASE timings, one run of each between two episodes of mlip's engine (from
+    its logger), so that the three engines share the machine's load as it drifts."""
 
+    def __init__(self, atoms: ase.Atoms, model: Any, steps: int, ase_steps: int):
+        self.atoms, self.model, self.steps, self.ase_steps = atoms, model, steps, ase_steps
+        self.eqmlip_rates: list[float] = []
+        self.ase_rates: list[float] = []
+        self.eqmlip_compile = self.ase_compile = float("nan")
+        self.dynamics: VelocityVerlet | None = None
 
-def time_ase(atoms: ase.Atoms, model: Any, steps: int, repeats: int) -> tuple[float, float]:
-    """(steps per second, compile seconds) of VelocityVerlet with the eqmlip calculator."""
-    atoms = atoms.copy()
-    atoms.calc = EqmlipCalculator(model)
-    start = time.perf_counter()
-    atoms.get_forces()
-    compile_s = time.perf_counter() - start
-    dynamics = VelocityVerlet(atoms, timestep=TIMESTEP_FS * ase.units.fs)
-    dynamics.run(2)
-    rates = []
-    for _ in range(repeats):
+    def _eqmlip(self) -> MDResult:
+        return simulate(
+            self.model, self.atoms, steps=self.steps, timestep=TIMESTEP_FS, chunk=self.steps
+        )
+
+    def warm_up(self) -> None:
+        """eqmlip: a first (compiling) run; ASE: the calculator's first call and 2 steps."""
+        self.eqmlip_compile = self._eqmlip().compile_seconds
+        atoms = self.atoms.copy()
+        atoms.calc = EqmlipCalculator(self.model)
         start = time.perf_counter()
-        dynamics.run(steps)
-        rates.append(steps / (time.perf_counter() - start))
-    return statistics.median(rates), compile_s
+        atoms.get_forces()
+        self.ase_compile = time.perf_counter() - start
+        self.dynamics = VelocityVerlet(atoms, timestep=TIMESTEP_FS * ase.units.fs)
+        self.dynamics.run(2)
+
+    def round(self) -> None:
+        """One timed run of each: eqmlip's `MDResult.steps_per_second` (the chunk calls only)
+        and `ase_steps` steps of `VelocityVerlet.run`."""
+        assert self.dynamics is not None
+        self.eqmlip_rates.append(self._eqmlip().steps_per_second)
+        start = time.perf_counter()
+        self.dynamics.run(self.ase_steps)
+        self.ase_rates.append(self.ase_steps / (time.perf_counter() - start))
+
+    def __call__(self, episodes_done: int) -> None:
+        self.warm_up() if episodes_done == 1 else self.round()
 
 
 def time_mlip(
-    atoms: ase.Atoms, force_field: ForceField, steps: int, repeats: int
+    atoms: ase.Atoms,
+    force_field: ForceField,
+    steps: int,
+    repeats: int,
+    between: Interleaved,
 ) -> tuple[float, float, float]:
-    """(steps per second, compile seconds, initial potential energy) of mlip's engine."""
+    """(steps per second, compile seconds, initial potential energy) of mlip's engine; after
+    each episode (not timed: an episode's own duration is), `between` runs."""
     config = JaxMDSimulationEngine.Config(
         md_integrator=MDIntegrator.NVE_VELOCITY_VERLET,
         num_steps=steps * (1 + repeats),
@@ -168,7 +189,12 @@ def time_mlip(
     engine = JaxMDSimulationEngine(atoms.copy(), force_field, config)
     construct_s = time.perf_counter() - start
     totals: list[float] = []
-    engine.attach_logger(lambda state: totals.append(state.compute_time_seconds))
+
+    def logger(state: Any) -> None:
+        totals.append(state.compute_time_seconds)
+        between(len(totals))
+
+    engine.attach_logger(logger)
     engine.run()
     episodes = np.diff([0.0, *totals])
     if len(episodes) != 1 + repeats:
@@ -187,14 +213,18 @@ def run_system(
     log(f"{name}: {len(atoms)} atoms, {edges} edges")
     result = {"atoms": len(atoms), "edges": int(edges)} | check(name, atoms, model, force_field)
 
-    eqmlip_rate, eqmlip_compile = time_eqmlip(atoms, model, steps, repeats)
-    log(f"{name}: eqmlip.md {eqmlip_rate:.2f} steps/s (compile {eqmlip_compile:.1f} s)")
-    ase_rate, ase_compile = time_ase(atoms, model, ase_steps, repeats)
-    log(f"{name}: ASE loop {ase_rate:.2f} steps/s (compile {ase_compile:.1f} s)")
-    mlip_rate, mlip_compile, mlip_energy = time_mlip(atoms, force_field, steps, repeats)
+    others = Interleaved(atoms, model, steps, ase_steps)
+    mlip_rate, mlip_compile, mlip_energy = time_mlip(atoms, force_field, steps, repeats, others)
+    eqmlip_rate, ase_rate = (
+        statistics.median(others.eqmlip_rates),
+        statistics.median(others.ase_rates),
+    )
+    log(f"{name}: eqmlip.md {eqmlip_rate:.2f} steps/s (compile {others.eqmlip_compile:.1f} s)")
+    log(f"{name}: ASE loop {ase_rate:.2f} steps/s (compile {others.ase_compile:.1f} s)")
     log(f"{name}: mlip JAX-MD {mlip_rate:.2f} steps/s (compile {mlip_compile:.1f} s)")
 
-    first = simulate(model, atoms, steps=0).atoms[0].get_potential_energy()
+    initial = simulate(model, atoms, steps=0)
+    first = initial.atoms[0].get_potential_energy()
     return result | {
         "mlip_engine_initial_energy_relative_error": abs(mlip_energy - first) / abs(first),
         "eqmlip_steps_per_s": round(eqmlip_rate, 3),
@@ -202,9 +232,13 @@ def run_system(
         "mlip_jaxmd_steps_per_s": round(mlip_rate, 3),
         "speedup_vs_ase": round(eqmlip_rate / ase_rate, 3),
         "speedup_vs_mlip_jaxmd": round(eqmlip_rate / mlip_rate, 3),
-        "eqmlip_compile_s": round(eqmlip_compile, 2),
-        "ase_compile_s": round(ase_compile, 2),
+        "eqmlip_steps_per_s_each": [round(r, 2) for r in others.eqmlip_rates],
+        "ase_steps_per_s_each": [round(r, 2) for r in others.ase_rates],
+        "eqmlip_compile_s": round(others.eqmlip_compile, 2),
+        "ase_compile_s": round(others.ase_compile, 2),
         "mlip_jaxmd_compile_s": round(mlip_compile, 2),
+        "eqmlip_search": "all_pairs" if initial.spec.bins is None else "cell_list",
+        "eqmlip_edge_capacity": initial.spec.edge_capacity,
         "steps": {"jitted": steps, "ase": ase_steps},
     }
 
@@ -220,6 +254,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    load_start = [round(x, 2) for x in os.getloadavg()]
     target, l_max = CONFIGS[args.config]
     log(f"building mlip NequIP ({target}, l_max {l_max}, 2 layers)")
     force_field = mlip_force_field(MlipNequipConfig(target_irreps=target, l_max=l_max), INFO)
@@ -256,6 +291,10 @@ def main() -> None:
                 "jax": jax.__version__,
                 "device": jax.devices()[0].device_kind,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "load_average_1_5_15_min": {
+                    "start": load_start,
+                    "end": [round(x, 2) for x in os.getloadavg()],
+                },
             }
         )
     )

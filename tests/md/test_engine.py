@@ -119,6 +119,53 @@ def test_cell_list_run_equals_the_all_pairs_run_and_regrows_its_bins():
         np.testing.assert_allclose(result.potential, reference.potential, rtol=1e-12)
 
 
+def test_cell_list_bin_overflow_mid_run_reallocates_and_matches_a_roomy_run():
+    """Atoms one per bin at the start converge on the centre bin during the run: its
+    occupancy passes the bin capacity mid-run, the chunk is redone with larger bins, and the
+    trajectory equals that of a run whose bins held every atom from the start."""
+    with jax.enable_x64(True):
+        model = Morse()
+        skin = 0.3
+        # A 15 Å cube: 3x3x3 bins of 5 Å (>= cutoff + skin = 4.8 Å), one atom at each centre.
+        grid = (np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)) * 5.0
+        atoms = ase.Atoms(f"Cu{len(grid)}", positions=grid + 2.5, cell=np.eye(3) * 15.0, pbc=True)
+        atoms.rattle(0.02, seed=2)
+        # The six atoms facing the centre move towards it (0.02 Å/fs); the others are at rest.
+        inward = np.asarray(7.5 - atoms.positions)
+        faces = np.isclose(np.linalg.norm(inward, axis=-1), 5.0, atol=0.1)
+        velocities = np.where(faces[:, None], 0.02 * inward / 5.0, 0.0) / units.fs
+        atoms.set_momenta(atoms.get_masses()[:, None] * velocities)
+        x, c = atoms.positions, atoms.cell.array
+        spec = allocate(x, c, (True, True, True), model.cutoff, skin, search="cell_list")
+        assert spec.bins == (3, 3, 3) and spec.reach == (1, 1, 1)
+        # Room for every pair, so that only the bins can overflow.
+        spec = spec._replace(candidate_capacity=1000, edge_capacity=1000)
+
+        def run(initial: NeighbourSpec, seen: list[int]):
+            return simulate(
+                model, atoms, steps=200, timestep=1.0, chunk=20, skin=skin,
+                initial_capacity=initial,
+                callback=lambda step, state: seen.append(int(state.neighbours.occupancy.max())),
+            )  # fmt: skip
+
+        roomy_seen: list[int] = []
+        roomy = run(spec._replace(bin_capacity=len(atoms)), roomy_seen)
+        assert roomy.reallocations == 0
+        # The centre bin takes in the six moving atoms during the run.
+        assert roomy_seen[0] == 1 and max(roomy_seen) == 7, roomy_seen  # centre + 6
+        tight_seen: list[int] = []
+        tight = run(spec._replace(bin_capacity=2), tight_seen)
+        # The first chunks ran in the small bins; then one overflowed and the bins grew.
+        assert tight_seen[0] == 1 and tight.reallocations >= 1
+        assert tight.spec.bin_capacity >= max(roomy_seen) and tight.spec.bins == (3, 3, 3)
+        assert tight.spec.candidate_capacity == 1000  # only the bins grew
+        assert tight_seen == roomy_seen
+        np.testing.assert_allclose(
+            tight.atoms[0].positions, roomy.atoms[0].positions, rtol=0, atol=1e-10
+        )
+        np.testing.assert_allclose(tight.potential, roomy.potential, rtol=1e-12)
+
+
 def _block_mean(series: np.ndarray, blocks: int = 20) -> tuple[float, float]:
     """Mean and its standard error from block averages (blocks longer than correlations)."""
     means = np.array([b.mean() for b in np.array_split(series, blocks)])
