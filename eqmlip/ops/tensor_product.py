@@ -474,9 +474,30 @@ def _fused_num_terms(g: np.ndarray) -> int:
     return 8 * int(np.count_nonzero(g)) + 4 * g.shape[0] ** 3
 
 
-def _fused_components(x: Array, kernels: tuple[Array, Array], even: np.ndarray) -> list:
-    """The components of `x` `(..., P, D, F)` times their per-degree weight: `kernels[0]` on
-    even parts (channel 0 when `P=2`, even degrees when `P=1`), `kernels[1]` on odd ones.
+def _fused_scales(g: np.ndarray) -> np.ndarray:
+    """Per component `n`, the smallest non-zero `|G[:, :, n]|` (1 where none): dividing it out
+    leaves coefficients of +-1 (and one +-2 at `L = 2`), so most terms are additions; the scale
+    goes into the per-degree weights, which multiply anyway."""
+    magnitudes = np.where(g != 0, np.abs(g), np.inf).reshape(-1, g.shape[-1]).min(axis=0)
+    return np.where(np.isfinite(magnitudes), magnitudes, 1.0)
+
+
+def _add_term(total, coefficient: float, y: Array) -> Array:
+    """`total + coefficient * y` (`total` may be `None`), without multiplying by +-1."""
+    if coefficient == 1.0:
+        return y if total is None else total + y
+    if coefficient == -1.0:
+        return -y if total is None else total - y
+    term = coefficient * y
+    return term if total is None else total + term
+
+
+def _fused_components(
+    x: Array, kernels: tuple[Array, Array], even: np.ndarray, scales: np.ndarray
+) -> list:
+    """The components of `x` `(..., P, D, F)` times their per-degree weight and `scales[n]`:
+    `kernels[0]` on even parts (channel 0 when `P=2`, even degrees when `P=1`), `kernels[1]`
+    on odd ones.
 
     **Returns:** `[(is_even, component (..., F)), ...]` in `(P, D)` order; one multiplication
     for all, so that the gradient of each kernel is one reduction over the rows.
@@ -490,6 +511,7 @@ def _fused_components(x: Array, kernels: tuple[Array, Array], even: np.ndarray) 
     else:
         weights = jnp.where(jnp.asarray(even[:, None]), even_w, odd_w)[None]
         parity = even
+    weights = weights * jnp.asarray(scales[:dim, None], x.dtype)
     scaled = (x * weights).reshape(*x.shape[:-3], num_parity * dim, features)
     parts = [part[..., 0, :] for part in jnp.split(scaled, num_parity * dim, axis=-2)]
     return list(zip(parity.tolist(), parts, strict=True))
@@ -504,9 +526,7 @@ def _fused_matrix(parts: list, g: np.ndarray) -> list | None:
     entries: list = [None] * size * size
     for n, y in parts:
         for a, b in zip(*np.nonzero(g[:, :, n]), strict=True):
-            term = float(g[a, b, n]) * y
-            e = a * size + b
-            entries[e] = term if entries[e] is None else entries[e] + term
+            entries[a * size + b] = _add_term(entries[a * size + b], float(g[a, b, n]), y)
     return entries
 
 
@@ -535,8 +555,7 @@ def _fused_projection(z: list | None, g: np.ndarray, n: int):
     for a, b in zip(*np.nonzero(g[:, :, n]), strict=True):
         entry = z[a * size + b]
         if entry is not None:
-            term = float(g[a, b, n]) * entry
-            total = term if total is None else total + term
+            total = _add_term(total, float(g[a, b, n]), entry)
     return total
 
 
@@ -551,11 +570,13 @@ def _e3x_fused_tensor_unrolled(
     l3max = kernels.eee.shape[0] - 1
     dim3 = (l3max + 1) ** 2
     size = g.shape[0]
+    scales = _fused_scales(g)
+    g = g / scales  # +-1 (and +-2), exactly: each component's values share one magnitude
     matrices = []
     for x, pair in ((x1, (kernels.e1, kernels.o1)), (x2, (kernels.e2, kernels.o2))):
         dim = x.shape[-2]
         even = _degree_of_index(round(math.sqrt(dim)) - 1) % 2 == 0
-        parts = _fused_components(x, pair, even)
+        parts = _fused_components(x, pair, even, scales)
         # Slot `n` of each part within its channel: `P=2` stacks two channels of `D`.
         indexed = [(i % dim, is_even, part) for i, (is_even, part) in enumerate(parts)]
         matrices.append(
@@ -583,8 +604,10 @@ def _e3x_fused_tensor_unrolled(
                 stack.append(zeros if value is None else jnp.broadcast_to(value, zeros.shape))
     parity3 = jnp.asarray(np.asarray(parities).reshape(p3, dim3, 1))
     degrees3 = _index(degree3)
+    scales3 = jnp.asarray(scales[:dim3, None], x1.dtype)
     first_w, second_w = (
         jnp.where(parity3, jnp.take(even_k, degrees3, axis=0), jnp.take(odd_k, degrees3, axis=0))
+        * scales3
         for even_k, odd_k in ((kernels.eee, kernels.eoo), (kernels.ooe, kernels.oeo))
     )
     first, second = (
