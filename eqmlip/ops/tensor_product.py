@@ -324,11 +324,17 @@ def e3x_fused_tensor(
     `P3 = 1` it keeps `z+` on even and `z-` on odd degrees. `P3` follows e3x's rule
     ([`eqmlip.ops.tensor_product.tensor_num_parity`][]).
 
-    Each per-degree kernel is folded, with the even/odd selection of `P=1` inputs and
-    outputs, into its constant-size Clebsch-Gordan block `G[a, b, n] w[l(n), f]`, so every row
-    (every edge in message passing) takes two-operand contractions only: no gathers or masks
-    over the rows, and one einsum per matrix and per product. Parts that are structurally zero
-    (the odd part of a `P=1, L=0` input) are skipped. Results agree with e3x's to rounding.
+    Products of at most `FUSED_UNROLL_MAX_TERMS` multiplications (`L <= 2`: `3 x 3`
+    matrices) are written out component by component: one multiplication of each input and of
+    the output by its per-degree weights, the Clebsch-Gordan maps and the matrix products over
+    their non-zero terms, which XLA fuses into a few element-wise kernels over the rows (every
+    edge in message passing), with the features minor throughout.
+
+    Larger products fold each per-degree kernel, with the even/odd selection of `P=1` inputs
+    and outputs, into its constant-size Clebsch-Gordan block `G[a, b, n] w[l(n), f]`, so every
+    row takes two-operand contractions only: one einsum per matrix and per product. Parts that
+    are structurally zero (the odd part of a `P=1, L=0` input) are skipped in both forms.
+    Results agree with e3x's to rounding.
 
     **Arguments:**
 
@@ -371,12 +377,26 @@ def e3x_fused_tensor(
         )
         return z.reshape(*batch, *z.shape[1:])
     p3 = tensor_num_parity(p1, l1max, p2, l2max, l3max, include_pseudotensors)
-    dtype = x1.dtype
     k = fused_matrix_degree(l1max, l2max, l3max)
     lm = max(l1max, l2max, l3max)
     g = clebsch_gordan(k, k, lm, cartesian_order=cartesian_order)[
         k * k : (k + 1) ** 2, k * k : (k + 1) ** 2, :
     ]
+    if _fused_num_terms(g) <= FUSED_UNROLL_MAX_TERMS:
+        return _e3x_fused_tensor_unrolled(x1, x2, kernels, g, p3)
+    return _e3x_fused_tensor_folded(x1, x2, kernels, g, p3, precision)
+
+
+def _e3x_fused_tensor_folded(
+    x1: Array, x2: Array, kernels: FusedKernels, g: np.ndarray, p3: int, precision: Precision
+) -> Array:
+    """`e3x_fused_tensor` with one einsum per matrix, product and projection, each
+    per-degree kernel folded into its Clebsch-Gordan block `G[a, b, n] w[l(n), f]`."""
+    batch = jnp.broadcast_shapes(x1.shape[:-3], x2.shape[:-3])
+    p1, l1max, f1 = feature_shape(x1.shape)
+    p2, l2max, _ = feature_shape(x2.shape)
+    l3max = kernels.eee.shape[0] - 1
+    dtype = x1.dtype
 
     def folded(kernel: Array, max_degree: int, select: np.ndarray) -> Array:
         """`G[a, b, n] w[l(n), f]`, zero where `select[n]` is false: `(2k+1, 2k+1, D, F)`."""
@@ -439,3 +459,158 @@ def e3x_fused_tensor(
     parts = [part for part in (even, odd) if part is not None]
     total = functools.reduce(jnp.add, parts) if parts else zeros()
     return total[..., None, :, :]
+
+
+# Largest number of multiplications (Clebsch-Gordan terms of the four matrices and the four
+# projections, plus the four matrix products) for which `e3x_fused_tensor` writes the product
+# out component by component (L <= 2: 3 x 3 matrices, 268 terms; L = 3, 4: 5 x 5, over 1,000).
+# The einsums of the folded form run each contraction batched over the features, which XLA's
+# CPU dot needs leading: a transpose of every per-row operand and result, forward and backward.
+FUSED_UNROLL_MAX_TERMS = 400
+
+
+def _fused_num_terms(g: np.ndarray) -> int:
+    """The multiplications per row and feature of the component-by-component fused product."""
+    return 8 * int(np.count_nonzero(g)) + 4 * g.shape[0] ** 3
+
+
+def _fused_scales(g: np.ndarray) -> np.ndarray:
+    """Per component `n`, the smallest non-zero `|G[:, :, n]|` (1 where none): dividing it out
+    leaves coefficients of +-1 (and one +-2 at `L = 2`), so most terms are additions; the scale
+    goes into the per-degree weights, which multiply anyway."""
+    magnitudes = np.where(g != 0, np.abs(g), np.inf).reshape(-1, g.shape[-1]).min(axis=0)
+    return np.where(np.isfinite(magnitudes), magnitudes, 1.0)
+
+
+def _add_term(total, coefficient: float, y: Array) -> Array:
+    """`total + coefficient * y` (`total` may be `None`), without multiplying by +-1."""
+    if coefficient == 1.0:
+        return y if total is None else total + y
+    if coefficient == -1.0:
+        return -y if total is None else total - y
+    term = coefficient * y
+    return term if total is None else total + term
+
+
+def _fused_components(
+    x: Array, kernels: tuple[Array, Array], even: np.ndarray, scales: np.ndarray
+) -> list:
+    """The components of `x` `(..., P, D, F)` times their per-degree weight and `scales[n]`:
+    `kernels[0]` on even parts (channel 0 when `P=2`, even degrees when `P=1`), `kernels[1]`
+    on odd ones.
+
+    **Returns:** `[(is_even, component (..., F)), ...]` in `(P, D)` order; one multiplication
+    for all, so that the gradient of each kernel is one reduction over the rows.
+    """
+    num_parity, dim, features = x.shape[-3:]
+    degrees = _index(_degree_of_index(round(math.sqrt(dim)) - 1))
+    even_w, odd_w = (jnp.take(k, degrees, axis=0) for k in kernels)
+    if num_parity == 2:
+        weights = jnp.stack([even_w, odd_w])
+        parity = np.repeat([True, False], dim)
+    else:
+        weights = jnp.where(jnp.asarray(even[:, None]), even_w, odd_w)[None]
+        parity = even
+    weights = weights * jnp.asarray(scales[:dim, None], x.dtype)
+    scaled = (x * weights).reshape(*x.shape[:-3], num_parity * dim, features)
+    parts = [part[..., 0, :] for part in jnp.split(scaled, num_parity * dim, axis=-2)]
+    return list(zip(parity.tolist(), parts, strict=True))
+
+
+def _fused_matrix(parts: list, g: np.ndarray) -> list | None:
+    """`X[a, b] = sum_n G[a, b, n] y[n]` over the given components `[(n, y_n), ...]`, as a
+    flat list of `(2k+1)**2` entries (`None` where structurally zero); `None` if no part."""
+    if not parts:
+        return None
+    size = g.shape[0]
+    entries: list = [None] * size * size
+    for n, y in parts:
+        for a, b in zip(*np.nonzero(g[:, :, n]), strict=True):
+            entries[a * size + b] = _add_term(entries[a * size + b], float(g[a, b, n]), y)
+    return entries
+
+
+def _fused_product(a: list | None, b: list | None, size: int) -> list | None:
+    """The matrix product of two flat lists of entries (`None` entries are zero)."""
+    if a is None or b is None:
+        return None
+    entries: list = []
+    for i in range(size):
+        for j in range(size):
+            total = None
+            for m in range(size):
+                x, y = a[i * size + m], b[m * size + j]
+                if x is not None and y is not None:
+                    total = x * y if total is None else total + x * y
+            entries.append(total)
+    return entries
+
+
+def _fused_projection(z: list | None, g: np.ndarray, n: int):
+    """`sum_ab G[a, b, n] Z[a, b]` (`None` if zero)."""
+    if z is None:
+        return None
+    size = g.shape[0]
+    total = None
+    for a, b in zip(*np.nonzero(g[:, :, n]), strict=True):
+        entry = z[a * size + b]
+        if entry is not None:
+            total = _add_term(total, float(g[a, b, n]), entry)
+    return total
+
+
+def _e3x_fused_tensor_unrolled(
+    x1: Array, x2: Array, kernels: FusedKernels, g: np.ndarray, p3: int
+) -> Array:
+    """`e3x_fused_tensor` component by component: the per-degree weights multiply the inputs
+    and outputs as arrays, the Clebsch-Gordan maps and matrix products are written out over
+    their non-zero terms, which XLA fuses into a few element-wise kernels."""
+    batch = jnp.broadcast_shapes(x1.shape[:-3], x2.shape[:-3])
+    features = x1.shape[-1]
+    l3max = kernels.eee.shape[0] - 1
+    dim3 = (l3max + 1) ** 2
+    size = g.shape[0]
+    scales = _fused_scales(g)
+    g = g / scales  # +-1 (and +-2), exactly: each component's values share one magnitude
+    matrices = []
+    for x, pair in ((x1, (kernels.e1, kernels.o1)), (x2, (kernels.e2, kernels.o2))):
+        dim = x.shape[-2]
+        even = _degree_of_index(round(math.sqrt(dim)) - 1) % 2 == 0
+        parts = _fused_components(x, pair, even, scales)
+        # Slot `n` of each part within its channel: `P=2` stacks two channels of `D`.
+        indexed = [(i % dim, is_even, part) for i, (is_even, part) in enumerate(parts)]
+        matrices.append(
+            tuple(
+                _fused_matrix([(n, y) for n, e, y in indexed if e == parity], g)
+                for parity in (True, False)
+            )
+        )
+    (e1, o1), (e2, o2) = matrices
+    # The two products that reach even outputs, then the two that reach odd ones.
+    products = {
+        True: (_fused_product(e1, e2, size), _fused_product(o1, o2, size)),
+        False: (_fused_product(e1, o2, size), _fused_product(o1, e2, size)),
+    }
+    zeros = jnp.zeros((*batch, features), x1.dtype)
+    degree3 = _degree_of_index(l3max)
+    stacks: tuple[list, list] = ([], [])
+    parities = []
+    for c3 in range(p3):
+        for n in range(dim3):
+            is_even = c3 == 0 if p3 == 2 else degree3[n] % 2 == 0
+            parities.append(is_even)
+            for stack, z in zip(stacks, products[bool(is_even)], strict=True):
+                value = _fused_projection(z, g, n)
+                stack.append(zeros if value is None else jnp.broadcast_to(value, zeros.shape))
+    parity3 = jnp.asarray(np.asarray(parities).reshape(p3, dim3, 1))
+    degrees3 = _index(degree3)
+    scales3 = jnp.asarray(scales[:dim3, None], x1.dtype)
+    first_w, second_w = (
+        jnp.where(parity3, jnp.take(even_k, degrees3, axis=0), jnp.take(odd_k, degrees3, axis=0))
+        * scales3
+        for even_k, odd_k in ((kernels.eee, kernels.eoo), (kernels.ooe, kernels.oeo))
+    )
+    first, second = (
+        jnp.stack(stack, axis=-2).reshape(*batch, p3, dim3, features) for stack in stacks
+    )
+    return first * first_w + second * second_w
