@@ -72,6 +72,8 @@ PUBLIC_MODULES = [
     "eqmlip.interop",
     "eqmlip.models",
     "eqmlip.models.nequip",
+    "eqmlip.models.mace",
+    "eqmlip.ops.mace",
     "eqmlip.potential",
     "eqmlip.parallel",
     "eqmlip.io",
