@@ -175,3 +175,25 @@ def test_errors_name_what_was_given():
             avg_num_neighbors=1.0, key=jr.key(0),
         )  # fmt: skip
     assert jnp.result_type(float) == jnp.float32
+
+
+def test_calculator_and_md_engine_run_mace_unchanged():
+    """The calculator and the jitted MD engine take a MACE as any potential: the same energy
+    and forces as `predict`, and an NVE run from rest that keeps that energy as its total."""
+    from eqmlip.calculator import EqmlipCalculator
+    from eqmlip.md import simulate
+
+    atoms = ase.Atoms("CHO", positions=[[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [-0.6, 1.1, 0.2]])
+    out = _run(atoms)
+    calculated = atoms.copy()
+    calculated.calc = EqmlipCalculator(_model())
+    np.testing.assert_allclose(calculated.get_potential_energy(), out.energy[0], rtol=1e-6)
+    assert out.forces is not None
+    np.testing.assert_allclose(calculated.get_forces(), out.forces[:3], atol=1e-5)
+
+    result = simulate(_model(), atoms, steps=4, timestep=0.1, temperature=0.0, chunk=4)
+    assert result.potential.shape[1] == 1
+    # Started at rest, so NVE keeps the total energy at the starting potential energy.
+    np.testing.assert_allclose(result.total[:, 0], out.energy[0], rtol=1e-5)
+    assert np.all(result.kinetic[:, 0] > 0.0)
+    assert not np.allclose(result.atoms[0].positions, atoms.positions)
