@@ -1,4 +1,5 @@
-"""Where the time of a compiled step goes, per op family: NequIP energy+forces, eqmlip and mlip.
+"""Where the time of a compiled step goes, per op family: NequIP energy+forces (hexanol, Si-512)
+and the training step of `benchmarks/train.py`, eqmlip and mlip.
 
 Method, the same for every step profiled: compile the step, run it `--repeats` times under
 `jax.profiler.trace` (XLA:CPU records one event per executed op, named after the op of the
@@ -13,7 +14,7 @@ own overhead and the dispatch between ops are in `wall_ms_under_profiler` only),
 `kinds_ms` splits the same time by what the ops do (matmuls, scatters, gathers, copies and
 transposes, everything else).
 
-    python benchmarks/profile_ops.py [--systems molecule,crystal] [--repeats 20] \
+    python benchmarks/profile_ops.py [--systems molecule,crystal,train] [--repeats 20] \
         [--crystal-repeats 5] [--mlip] [--top 8]
 
 Prints one JSON line; `--top N` adds the N most expensive functions of each step.
@@ -63,7 +64,8 @@ def load_benchmark(name: str) -> Any:
     return module
 
 
-# (pattern on "file:function" of the innermost library frame, family); first match wins.
+# (pattern on "file:function", family): tried on the library frames from the innermost
+# outwards, the first frame that matches a pattern decides; within a frame, the first pattern.
 FAMILIES = [
     (r"radial\.py|cutoffs\.py|radial_embedding|bessel|envelope|polynomial_cutoff", "radial basis"),
     (r"radial_mlp|MultiLayerPerceptron|_mlp\.py|MLP", "radial MLP"),
