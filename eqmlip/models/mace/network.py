@@ -8,7 +8,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..._misc import resolve_dtype
@@ -18,7 +17,14 @@ from ...ops.mace import radial_prefactor
 from ...ops.segment import mask_rows, safe_norm, segment_sum
 from .._potential import AbstractPotential, PotentialOutputs, register_potential
 from ..nequip.blocks import NequipEmbeddingBlock
-from ..nequip.network import COULOMB_CONSTANT, _atomic_energy_table, _config_json, physnet_switch
+from ..nequip.network import (
+    COULOMB_CONSTANT,
+    _atomic_energy_table,
+    _config_json,
+    _energies_from_json,
+    _energies_json,
+    physnet_switch,
+)
 from .blocks import MaceLayer
 from .config import MaceConfig
 
@@ -220,20 +226,13 @@ class Mace(AbstractPotential):
 
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor's arguments as JSON values (NaN E0s become `null`)."""
-        table = np.asarray(self.atomic_energies, dtype=np.float64)
         return {
             "config": _config_json(self.config),
             "species": list(self.species),
             "cutoff": self.cutoff,
             "avg_num_neighbors": self.avg_num_neighbors,
             "avg_r_min": self.avg_r_min,
-            "atomic_energies": [
-                {
-                    str(z): (None if math.isnan(e) else float(e))
-                    for z, e in zip(self.species, row, strict=True)
-                }
-                for row in table
-            ],
+            "atomic_energies": _energies_json(self.species, self.atomic_energies),
             "total_charges": None if self.total_charges is None else list(self.total_charges),
             "long_range_cutoff": self.long_range_cutoff,
             "energy_scale": self.energy_scale,
@@ -247,11 +246,7 @@ class Mace(AbstractPotential):
         """The inverse of [`eqmlip.models.mace.Mace.hyperparameters`][]."""
         values = dict(hyperparameters)
         config = MaceConfig(**values.pop("config"))
-        energies = values.pop("atomic_energies")
-        table = [
-            {int(z): (math.nan if e is None else float(e)) for z, e in row.items()}
-            for row in energies
-        ]
+        table = _energies_from_json(values.pop("atomic_energies"))
         return cls(config, atomic_energies=table, dtype=dtype, key=key, **values)
 
     @classmethod

@@ -267,19 +267,12 @@ class Nequip(AbstractPotential):
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor's arguments as JSON values (NaN E0s, for species a dataset lacks,
         become `null`)."""
-        table = np.asarray(self.atomic_energies, dtype=np.float64)
         return {
             "config": _config_json(self.config),
             "species": list(self.species),
             "cutoff": self.cutoff,
             "avg_num_neighbors": self.avg_num_neighbors,
-            "atomic_energies": [
-                {
-                    str(z): (None if math.isnan(e) else float(e))
-                    for z, e in zip(self.species, row, strict=True)
-                }
-                for row in table
-            ],
+            "atomic_energies": _energies_json(self.species, self.atomic_energies),
             "total_charges": None if self.total_charges is None else list(self.total_charges),
             "long_range_cutoff": self.long_range_cutoff,
             "energy_scale": self.energy_scale,
@@ -293,11 +286,7 @@ class Nequip(AbstractPotential):
         """The inverse of [`eqmlip.models.nequip.Nequip.hyperparameters`][]."""
         values = dict(hyperparameters)
         config = NequipConfig(**values.pop("config"))
-        energies = values.pop("atomic_energies")
-        table = [
-            {int(z): (math.nan if e is None else float(e)) for z, e in row.items()}
-            for row in energies
-        ]
+        table = _energies_from_json(values.pop("atomic_energies"))
         return cls(config, atomic_energies=table, dtype=dtype, key=key, **values)
 
     @classmethod
@@ -425,6 +414,20 @@ class Nequip(AbstractPotential):
         return 0.5 * segment_sum(
             pair, receivers, graph.num_nodes, deterministic=self.config.deterministic_scatter_ops
         )
+
+
+def _energies_json(species: Sequence[int], table: Any) -> list[dict[str, float | None]]:
+    """The E0 table (`datasets x species`) as JSON rows; NaN (species a dataset lacks) is
+    `null`."""
+    return [
+        {str(z): (None if math.isnan(e) else float(e)) for z, e in zip(species, row, strict=True)}
+        for row in np.asarray(table, dtype=np.float64)
+    ]
+
+
+def _energies_from_json(rows: Sequence[Mapping[str, Any]]) -> list[dict[int, float]]:
+    """The inverse of `_energies_json`."""
+    return [{int(z): (math.nan if e is None else float(e)) for z, e in row.items()} for row in rows]
 
 
 def _config_json(config: Any) -> dict[str, Any]:
