@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "message_pass": ([], ["--nodes", "100", "--edges", "1000", "--repeats", "3"]),
     "nequip": ([], ["--systems", "molecule", "--repeats", "3"]),
     "train": ([], ["--repeats", "3"]),
+    "mace": ([], ["--systems", "molecule", "--repeats", "3"]),
     "e3x_model": ([], ["--systems", "molecule", "--repeats", "3"]),
     "md": ([], ["--systems", "molecule", "--steps", "20", "--ase-steps", "5", "--repeats", "1"]),
     "md_conservation": ([], []),
