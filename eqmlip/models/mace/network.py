@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ... import _random
 from ..._misc import resolve_dtype
 from ...graph import Graph, check_species, species_index
 from ...nn import select_head
@@ -139,7 +139,7 @@ class Mace(AbstractPotential):
         self.atomic_energies = jnp.asarray(_atomic_energy_table(atomic_energies, species), dtype)
 
         channels = config.num_channels
-        ekey, *lkeys = jr.split(key, config.num_layers + 1)
+        ekey, *lkeys = _random.split(key, config.num_layers + 1)
         self.embedding = NequipEmbeddingBlock(
             len(species),
             f"{channels}x0e",
