@@ -157,6 +157,14 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> dict[
     for layer, _ in layers:
         for section, value in layer.items():
             if isinstance(value, Mapping):
+                if section == "model" and value.get("name", _model_name(config)) != _model_name(
+                    config
+                ):
+                    # Another potential: the options so far are the previous one's (the
+                    # default's are NequIP's); keep the shared keys, as RunConfig.from_dict.
+                    from .training._run import _MODEL_KEYS
+
+                    config["model"] = {k: v for k, v in config["model"].items() if k in _MODEL_KEYS}
                 config[section].update(value)
             else:
                 config[section] = value

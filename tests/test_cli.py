@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import pathlib
 import re
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from ase import units
 from ase.md.langevin import Langevin
 
 from eqmlip.cli import ConfigError, load_config, main, parse_overrides
-from eqmlip.data import read_structures, write_structures
+from eqmlip.data import load_datasets, read_structures, statistics, write_structures
 from eqmlip.io import load_model, read_header
+from eqmlip.models.mace import Mace
 from eqmlip.training import RunConfig, TrainConfig, run
 
 TINY_ARGS = [
@@ -96,6 +98,53 @@ def test_train_evaluate_md(tmp_path, capsys, alloy_structures, monkeypatch):
     assert used["friction_per_fs"] == pytest.approx(0.02)
 
 
+MACE_MODEL = {
+    "name": "mace",
+    "cutoff": 3.5,
+    "num_layers": 1,
+    "num_channels": 4,
+    "l_max": 1,
+    "correlation": 2,
+    "num_rbf": 4,
+    "radial_mlp_hidden": [8],
+}
+
+
+def test_train_evaluate_md_mace(tmp_path, capsys, alloy_structures):
+    """MACE through the same commands as NequIP (the shared core has no MACE branch): train
+    and save, read back by evaluate and md; the radial pre-factor from the data's avg_r_min."""
+    config = tmp_path / "mace.yaml"
+    # `name: mace` drops the default's NequIP options; the rest are MaceConfig's fields.
+    config.write_text(yaml.safe_dump({"model": MACE_MODEL}))
+    out_dir = tmp_path / "run"
+    args = ["--data.num_generated=12", "--train.epochs=1", "--train.batch_size=3"]
+    assert main(["train", str(config), f"--output_dir={out_dir}", *args, "--train.quiet=true"]) == 0
+    assert "model: mace," in capsys.readouterr().out
+    model_path = out_dir / "model.eqx"
+    header = read_header(model_path)
+    assert header["model"] == "mace"
+    assert header["hyperparameters"]["config"]["correlation"] == 2
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["steps"] > 0 and summary["test_metrics"]["forces_mae"] > 0
+    # mlip's MACE reads avg_r_min_angstrom from its dataset info: here, the training set's.
+    model = load_model(model_path)
+    written = RunConfig.from_dict(yaml.safe_load((out_dir / "config.yaml").read_text()))
+    train_set, _, _ = load_datasets(written.data)
+    expected = statistics(train_set, cutoff=3.5).avg_r_min
+    assert expected is not None and 2.0 < expected < 3.5
+    assert isinstance(model, Mace) and model.avg_r_min == expected and model.radial_scale != 1.0
+
+    data = tmp_path / "data.xyz"
+    write_structures(data, alloy_structures[:3])
+    assert main(["evaluate", str(model_path), str(data), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["num_structures"] == 3 and metrics["forces_mae"] > 0
+    assert main(["md", str(model_path), str(data), "--steps=5", "--json"]) == 0
+    md = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert md["engine"] == "jax" and md["steps"] == 5 and md["compilations"] == 1
+    assert md["mean_temperature_k"] > 0
+
+
 @pytest.mark.parametrize(
     "option, message",
     [
@@ -120,6 +169,25 @@ def test_md_refuses_bad_options_in_one_line(tmp_path, capsys, alloy_structures, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: eqmlip md: ")
     assert re.search(message, err)
+
+
+def test_another_model_name_drops_the_default_options(tmp_path):
+    assert "target_irreps" in load_config()["model"]  # the default's NequIP options
+    documented = pathlib.Path(__file__).resolve().parents[1] / "docs/assets/mace-default.yaml"
+    for config in (
+        load_config(None, ["--model.name=mace", "--model.num_channels=4"]),
+        load_config(_yaml_file(tmp_path, {"model": {"name": "mace"}}), ["--model.l_max=1"]),
+        load_config(str(documented)),  # docs/training.md's MACE on the embedded default
+    ):
+        assert "target_irreps" not in config["model"]
+        model = RunConfig.from_dict(config).model
+        assert model.name == "mace" and model.cutoff == load_config()["model"]["cutoff"]
+
+
+def _yaml_file(tmp_path, content) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
 
 
 def test_overrides_are_parsed():

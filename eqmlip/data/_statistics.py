@@ -41,6 +41,10 @@ class DatasetStatistics:
     - `cutoff`: the cutoff used for `avg_num_neighbors` (Å), or `None`.
     - `num_structures`: number of structures.
     - `num_energies`, `num_forces`, `num_stresses`: how many structures have each target.
+    - `avg_r_min`: mean over structures of the shortest edge length within `cutoff` (Å),
+        structures without an edge left out, as mlip 0.2.5 computes `avg_r_min_angstrom`
+        (`compute_avg_min_neighbor_distance`); MACE's radial pre-factor uses it. `None`
+        without a cutoff or when no structure has an edge (mlip raises there).
     """
 
     species: tuple[int, ...]
@@ -58,6 +62,7 @@ class DatasetStatistics:
     num_energies: int
     num_forces: int
     num_stresses: int
+    avg_r_min: float | None = None
 
     def check_cutoff(self, cutoff: float | None = None) -> list[str]:
         """Warn (`UserWarning`) when a cutoff is too small for this data.
@@ -168,8 +173,9 @@ def statistics(
     - `structures`: the (training) structures.
     - `species`: atomic numbers to report, sorted without repeats (a superset of those
         present); `None` takes those present.
-    - `cutoff`: cutoff (Å) for `avg_num_neighbors` and the cutoff check (a `UserWarning` when
-        it is too small, see [`eqmlip.data.DatasetStatistics.check_cutoff`][]); `None` skips them.
+    - `cutoff`: cutoff (Å) for `avg_num_neighbors`, `avg_r_min` and the cutoff check (a
+        `UserWarning` when it is too small, see
+        [`eqmlip.data.DatasetStatistics.check_cutoff`][]); `None` skips them.
     - `atomic_energies`: `{Z: E0}` to use instead of fitting them (one per species).
     - `graphs`: the structures' graphs at `cutoff` if already built (e.g. `GraphLoader.graphs`).
 
@@ -232,7 +238,7 @@ def statistics(
         force_rms = float(np.sqrt(np.mean(components**2)))
         force_std = float(np.std(components))
 
-    avg_num_neighbors = None
+    avg_num_neighbors = avg_r_min = None
     min_distance = math.inf
     if cutoff is not None:
         cutoff = float(cutoff)
@@ -249,6 +255,7 @@ def statistics(
         )
         num_edges = sum(len(senders) for senders, _, _ in neighbours)
         avg_num_neighbors = num_edges / float(num_atoms.sum())
+        shortest = []
         for s, (senders, receivers, shifts) in zip(structures, neighbours, strict=True):
             if len(senders):
                 lengths = np.linalg.norm(
@@ -257,7 +264,10 @@ def statistics(
                     + np.asarray(shifts, dtype=np.float64) @ s.cell,
                     axis=1,
                 )
-                min_distance = min(min_distance, float(lengths.min()))
+                shortest.append(lengths.min())
+        if shortest:
+            min_distance = float(min(shortest))
+            avg_r_min = float(np.mean(shortest))
 
     # Nearest-neighbour distances on (a subsample of) the data, searched beyond the cutoff.
     radius = max(_PROBE_RADIUS, cutoff or 0.0)
@@ -294,6 +304,7 @@ def statistics(
         num_energies=int(with_energy.sum()),
         num_forces=len(forces),
         num_stresses=sum(s.stress is not None for s in structures),
+        avg_r_min=avg_r_min,
     )
     if cutoff is not None:
         stats.check_cutoff()

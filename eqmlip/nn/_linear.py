@@ -5,10 +5,10 @@ import e3nn_jax as e3nn
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .. import _random
 from .._misc import irreps_entry, resolve_dtype
 from ..ops.linear import (
     LinearBlock,
@@ -190,14 +190,14 @@ class Linear(eqx.Module):
             prefix = ()
             std_scale = 1.0
 
-        wkey, bkey = jr.split(key)
-        wkeys = jr.split(wkey, max(len(paths), 1))
-        bkeys = jr.split(bkey, max(len(bias_indices), 1))
+        wkey, bkey = _random.split(key)
+        wkeys = _random.split(wkey, max(len(paths), 1))
+        bkeys = _random.split(bkey, max(len(bias_indices), 1))
 
         def init(k: PRNGKeyArray, shape: tuple[int, ...], std: float) -> Array:
             if parameter_initializer is not None:
                 return jnp.asarray(parameter_initializer()(k, shape, dtype), dtype)
-            return jr.normal(k, shape, dtype) * jnp.asarray(std, dtype)
+            return _random.normal(k, shape, dtype, std)
 
         self.weights = tuple(
             init(
@@ -433,9 +433,9 @@ class E3jLinear(eqx.Module):
         self.irreps_in = e3nn.Irreps(irreps_in)
         self.irreps_out = e3nn.Irreps(irreps_out).regroup()
         self.blocks = e3j_blocks(self.irreps_in.regroup(), self.irreps_out)
-        keys = jr.split(key, max(len(self.blocks), 1))
+        keys = _random.split(key, max(len(self.blocks), 1))
         self.weights = tuple(
-            jr.normal(k, (b.mul_out, b.mul_in), dtype)
+            _random.normal(k, (b.mul_out, b.mul_in), dtype)
             for k, b in zip(keys, self.blocks, strict=False)
         )
 

@@ -5,10 +5,10 @@ import e3nn_jax as e3nn
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .. import _random
 from .._misc import default_floating_dtype, resolve_dtype
 from ..ops.activation import activation_scale
 from ..ops.linear import Normalization, normalization_exponent
@@ -98,11 +98,10 @@ class MultiLayerPerceptron(eqx.Module):
         )
 
         fan_ins = (in_features, *list_neurons[:-1])
-        keys = jr.split(key, len(list_neurons))
+        keys = _random.split(key, len(list_neurons))
         # Flax's normal(stddev) initializer: N(0, 1) * stddev, stddev = n_in**(-(1-g)/2).
         self.kernels = tuple(
-            jr.normal(k, (n_in, n_out), dtype)
-            * jnp.asarray(np.sqrt(1.0 / n_in) ** (1.0 - gn), dtype)
+            _random.normal(k, (n_in, n_out), dtype, np.sqrt(1.0 / n_in) ** (1.0 - gn))
             for k, n_in, n_out in zip(keys, fan_ins, list_neurons, strict=True)
         )
         self.biases = tuple(jnp.zeros((n,), dtype) for n in list_neurons) if with_bias else None

@@ -7,10 +7,10 @@ import e3nn_jax as e3nn
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .. import _random
 from .._misc import default_floating_dtype, resolve_dtype
 from ..ops.activation import activation_scale
 from ..ops.gate import GateSpec, ScaledActivation, e3nn_gate_spec, gate, gate_irreps
@@ -41,7 +41,7 @@ class _Dense(eqx.Module):
 
 
 def _unit_normal(key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any) -> Array:
-    return jr.normal(key, shape, dtype)
+    return _random.normal(key, shape, dtype)
 
 
 def _kernel_init(mlp_kernel_init: Any) -> tuple[Initializer, bool]:
@@ -161,7 +161,7 @@ class ReadoutBlock(eqx.Module):
             raise TypeError(
                 f"ReadoutBlock: activation must be callable or None, got {activation!r}."
             )
-        keys = jr.split(key, len(features))
+        keys = _random.split(key, len(features))
         self.activation = activation
         self.use_equiv = use_equiv
         if use_equiv:
@@ -362,7 +362,7 @@ class MultiHeadReadoutBlock(eqx.Module):
                 dtype=dtype,
                 key=k,
             )
-            for k in jr.split(key, num_heads)
+            for k in _random.split(key, num_heads)
         )
         self.num_heads = num_heads
         self.use_equiv = use_equiv

@@ -124,6 +124,23 @@ def test_neighbours_distances_and_forces_of_fcc_copper(alloys):
     assert stats.energy_per_atom_std is not None and stats.energy_per_atom_std > 0
 
 
+def test_avg_r_min_is_the_mean_shortest_edge_per_structure():
+    """mlip's avg_r_min_angstrom: each structure's shortest edge within the cutoff, averaged
+    over the structures that have an edge."""
+    a = 3.61
+    copper = Structure.from_atoms(bulk("Cu", "fcc", a=a, cubic=True)).replace(energy=-1.0)
+    water = Structure.from_atoms(molecule("H2O")).replace(energy=-10.0)
+    # H2O: O-H 0.9686 Å, H-H 1.5264 Å; an atom alone has no edge and is left out.
+    lone = Structure.from_atoms(molecule("H2O")[:1]).replace(energy=-5.0)
+    stats = statistics([copper, water, lone], cutoff=3.0)
+    o_h = float(np.linalg.norm(water.positions[1] - water.positions[0]))
+    assert stats.avg_r_min == pytest.approx((a / np.sqrt(2) + o_h) / 2, rel=1e-12)
+    assert statistics([copper, water, lone]).avg_r_min is None  # no cutoff
+    with pytest.warns(UserWarning) as record:  # the cutoff check's two warnings
+        assert statistics([lone, water], cutoff=0.5).avg_r_min is None  # no edge at all
+    assert len(record) == 2
+
+
 def test_cutoff_check_warns_when_too_small():
     water = Structure.from_atoms(molecule("H2O")).replace(energy=-10.0)
     with pytest.warns(UserWarning) as record:

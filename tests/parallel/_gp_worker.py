@@ -1,8 +1,9 @@
 """Graph-parallel worker: run with XLA_FLAGS=--xla_force_host_platform_device_count=4.
 
 Energy and forces of one periodic Cu crystal (2048 atoms) with its nodes and edges sharded
-over 4 devices, against the unsharded computation on one device, and the error for an
-unknown element; prints `RESULT {json}` (the test also reads XLA's log lines).
+over 4 devices, against the unsharded computation on one device, for a NequIP and a MACE (the
+same sharded call for any potential), and the error for an unknown element; prints
+`RESULT {json}` (the test also reads XLA's log lines).
 """
 
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from ase.build import bulk
 
 from eqmlip import Graph
+from eqmlip.models.mace import Mace, MaceConfig
 from eqmlip.models.nequip import Nequip, NequipConfig
 from eqmlip.parallel import make_mesh, shard_graph, sharded_predict
 from eqmlip.potential import predict
@@ -54,6 +56,23 @@ def main() -> None:
     out["forces_max"] = float(np.max(np.abs(np.asarray(ref.forces))))
     out["stress_abs"] = float(np.max(np.abs(np.asarray(par.stress) - np.asarray(ref.stress))))
     out["shapes"] = [list(par.forces.shape), list(par.energy.shape)]
+    # A small MACE (correlation 2, l_max 1) through the same sharded call.
+    mace = Mace(
+        MaceConfig(
+            num_layers=1, num_channels=4, l_max=1, correlation=2, num_rbf=4, radial_mlp_hidden=(8,)
+        ),
+        (29,),
+        cutoff=CUTOFF,
+        avg_num_neighbors=12.0,
+        avg_r_min=2.4,
+        key=jr.key(1),
+    )
+    ref = eqx.filter_jit(predict)(mace, graph)
+    par = sharded_predict(mace, graph, mesh)
+    assert par.forces is not None and ref.forces is not None
+    out["mace_energy_rel"] = abs(float(par.energy[0] - ref.energy[0])) / abs(float(ref.energy[0]))
+    out["mace_forces_abs"] = float(np.max(np.abs(np.asarray(par.forces) - np.asarray(ref.forces))))
+    out["mace_forces_max"] = float(np.max(np.abs(np.asarray(ref.forces))))
     # An element the model does not know is refused before anything is sharded.
     atoms.numbers[5] = 79
     try:

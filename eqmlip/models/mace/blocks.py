@@ -7,9 +7,9 @@ from typing import Any
 import e3nn_jax as e3nn
 import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from ... import _random
 from ..._misc import default_floating_dtype, resolve_dtype
 from ...nn import E3jLinear, MultiHeadReadoutBlock
 from ...ops.activation import activation as activation_fn, activation_scale
@@ -205,7 +205,7 @@ class EquivariantProductBasisBlock(eqx.Module):
         folded = num_channels * kept
         if gate_nodes and folded.count(SCALAR) == 0:
             raise ValueError(f"{name}: gate_nodes needs 0e in target_irreps, got {target}.")
-        ckey, gkey, bkey, lkey = jr.split(key, 4)
+        ckey, gkey, bkey, lkey = _random.split(key, 4)
         self.symmetric_contraction = SymmetricContraction(
             per_channel,
             kept,
@@ -217,10 +217,10 @@ class EquivariantProductBasisBlock(eqx.Module):
         )
         if gate_nodes:
             n = folded.num_irreps
-            self.gate_weights = jr.normal(gkey, (num_species, num_channels, n), dtype) / math.sqrt(
-                num_channels
+            self.gate_weights = _random.normal(
+                gkey, (num_species, num_channels, n), dtype, divisor=math.sqrt(num_channels)
             )
-            self.gate_bias = jr.normal(bkey, (num_species, n), dtype)
+            self.gate_bias = _random.normal(bkey, (num_species, n), dtype)
         else:
             self.gate_weights = self.gate_bias = None
         self.linear = E3jLinear(folded, target, dtype=dtype, key=lkey)
@@ -430,7 +430,7 @@ class MaceLayer(eqx.Module):
             *[(b.mul_out, b.mul_in) for b in self.linear_out_blocks],
             *[(int(num_species), b.mul_out, b.mul_in) for b in self.skip_blocks],
         ]
-        wkey, pkey, rkey = jr.split(key, 3)
+        wkey, pkey, rkey = _random.split(key, 3)
         arrays = _normal_arrays(wkey, shapes, [1.0] * len(shapes), dtype)
         n_k, n_in, n_out = (
             len(kernel_shapes),

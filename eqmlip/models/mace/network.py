@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ... import _random
 from ..._misc import resolve_dtype
 from ...graph import Graph, check_species, species_index
 from ...nn import select_head
@@ -139,7 +139,7 @@ class Mace(AbstractPotential):
         self.atomic_energies = jnp.asarray(_atomic_energy_table(atomic_energies, species), dtype)
 
         channels = config.num_channels
-        ekey, *lkeys = jr.split(key, config.num_layers + 1)
+        ekey, *lkeys = _random.split(key, config.num_layers + 1)
         self.embedding = NequipEmbeddingBlock(
             len(species),
             f"{channels}x0e",
@@ -260,14 +260,20 @@ class Mace(AbstractPotential):
         dtype: Any,
         key: PRNGKeyArray,
     ) -> "Mace":
-        """A new MACE for a dataset: its species, E0s and average neighbour count
-        (`statistics`, a [`eqmlip.data.DatasetStatistics`][]); other arguments as in the
-        constructor."""
+        """A new MACE for a dataset: its species, E0s, average neighbour count and mean
+        shortest edge `avg_r_min` (`statistics`, a [`eqmlip.data.DatasetStatistics`][]); other
+        arguments as in the constructor.
+
+        As in mlip 0.2.5, whose MACE always reads `dataset_info.avg_r_min_angstrom` (computed
+        from the training graphs by its dataset builder), the dataset's `avg_r_min` sets the
+        radial pre-factor; `config.avg_r_min` overrides it. Statistics without the field (or
+        with `None`, e.g. no edge in the data) give no pre-factor."""
         return cls(
             config,
             statistics.species,
             cutoff=cutoff,
             avg_num_neighbors=statistics.avg_num_neighbors,
+            avg_r_min=getattr(statistics, "avg_r_min", None),
             atomic_energies=statistics.atomic_energies,
             energy_scale=energy_scale,
             dtype=dtype,

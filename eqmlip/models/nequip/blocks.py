@@ -1,18 +1,16 @@
 """NequIP's embedding block and interaction layer as Equinox modules on explicit arrays."""
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import e3nn_jax as e3nn
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from ... import _random
 from ..._misc import default_floating_dtype, resolve_dtype
 from ...ops.activation import activation, activation_parity, activation_scale
 from ...ops.cutoffs import ENVELOPES
@@ -46,31 +44,7 @@ def _truncated_lecun(key: PRNGKeyArray, shape: tuple[int, int], dtype: Any) -> A
     return jr.truncated_normal(key, -2.0, 2.0, shape, dtype) * jnp.asarray(std, dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _normal_arrays_jit(
-    key: PRNGKeyArray, shapes: tuple[tuple[int, ...], ...], stds: tuple[float, ...], dtype: Any
-) -> tuple[Array, ...]:
-    sizes = [math.prod(s) for s in shapes]
-    flat = jr.normal(key, (sum(sizes),), dtype)
-    out = []
-    start = 0
-    for shape, size, std in zip(shapes, sizes, stds, strict=True):
-        out.append(flat[start : start + size].reshape(shape) * jnp.asarray(std, dtype))
-        start += size
-    return tuple(out)
-
-
-def _normal_arrays(
-    key: PRNGKeyArray, shapes: Sequence[tuple[int, ...]], stds: Sequence[float], dtype: Any
-) -> tuple[Array, ...]:
-    """Independent `N(0, std**2)` arrays of the given shapes, cut from one draw in one compiled
-    function (eager `jr.normal` compiles a sampler per shape, which dominates construction)."""
-    return _normal_arrays_jit(
-        key,
-        tuple(tuple(int(d) for d in s) for s in shapes),
-        tuple(float(x) for x in stds),
-        np.dtype(dtype),
-    )
+_normal_arrays = _random.normal_pieces
 
 
 class NequipEmbeddingBlock(eqx.Module):
@@ -142,13 +116,13 @@ class NequipEmbeddingBlock(eqx.Module):
         n0 = e3nn.Irreps(target_irreps).count(SCALAR)
         if n0 == 0:
             raise ValueError(f"{name}: target_irreps {target_irreps} has no 0e scalars to embed.")
-        skey, ckey, pkey = jr.split(key, 3)
-        self.species_embedding = jr.normal(skey, (num_species, n0), dtype)
+        skey, ckey, pkey = _random.split(key, 3)
+        self.species_embedding = _random.normal(skey, (num_species, n0), dtype)
         if num_charges is None:
             self.charge_embedding = None
             self.joint_projection = None
         else:
-            self.charge_embedding = jr.normal(ckey, (num_charges, n0), dtype)
+            self.charge_embedding = _random.normal(ckey, (num_charges, n0), dtype)
             self.joint_projection = _truncated_lecun(pkey, (2 * n0, n0), dtype)
         self.num_species = int(num_species)
         self.num_charges = None if num_charges is None else int(num_charges)

@@ -9,10 +9,10 @@ import e3nn_jax as e3nn
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ... import _random
 from ..._misc import resolve_dtype
 from ...graph import Graph, check_species, species_index
 from ...nn import MultiHeadReadoutBlock, select_head
@@ -184,7 +184,7 @@ class Nequip(AbstractPotential):
         self.atomic_energies = jnp.asarray(_atomic_energy_table(atomic_energies, species), dtype)
 
         target = config.irreps
-        ekey, rkey, *lkeys = jr.split(key, config.num_layers + 2)
+        ekey, rkey, *lkeys = _random.split(key, config.num_layers + 2)
         self.embedding = NequipEmbeddingBlock(
             len(species),
             target,
