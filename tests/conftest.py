@@ -75,3 +75,27 @@ def _bounded_compiled_executables():
     if _memory_mappings() > _MAX_MAPPINGS_KEPT_BETWEEN_MODULES:
         jax.clear_caches()
         gc.collect()
+
+
+# The files that take a minute or more, slowest first (`-n 0 --durations=0` on a quiet 2-core
+# machine; keep this list in step when a file grows). With `--dist loadfile`, xdist hands each
+# idle worker the next file in collection order (`--no-loadscope-reorder` in pyproject.toml):
+# a slow file started last leaves the other worker idle until it ends, so these go first.
+SLOW_FILES = (
+    "tests/parity/test_mace_parity.py",
+    "tests/parity/test_nequip_parity.py",
+    "tests/test_docs.py",
+    "tests/models/test_mace_network.py",
+    "tests/test_cli.py",
+    "tests/training/test_trainer.py",
+    "tests/parallel/test_data_parallel.py",
+    "tests/parallel/test_graph_parallel.py",
+    "tests/parallel/test_multihost.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow files first; the others after them in collection order (a stable sort keeps each
+    file's tests together and in order)."""
+    rank = {path: i for i, path in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

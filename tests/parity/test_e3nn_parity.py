@@ -25,12 +25,10 @@ def _apply(flax_module, variables, *args) -> Any:
 
 
 def _randomise(variables, seed):
-    """Replace every leaf by N(0, 1) values, so zero-initialised biases are exercised too."""
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(K(seed), len(leaves))
-    return jax.tree.unflatten(
-        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
-    )
+    """Replace every leaf by N(0, 1) values, so zero-initialised biases are exercised too.
+    NumPy draws them: `jax.random.normal` would compile once per leaf shape."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), variables)
 
 
 # (id, Flax kwargs, eqmlip-only kwargs, input irreps, input leading shape, call weights)

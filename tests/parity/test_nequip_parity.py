@@ -73,7 +73,8 @@ def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed
     Flax's own `init` traces and runs the whole network eagerly (about a minute for a small
     NequIP here); `eval_shape` gives the parameter tree for a fraction of that. Weights are
     drawn afresh (no special initial values survive): e3j's weights, normalised at run time, as
-    `N(0, 1)`, Flax kernels with `1/sqrt(fan_in)`.
+    `N(0, 1)`, Flax kernels with `1/sqrt(fan_in)`. NumPy draws them: `jax.random.normal`
+    compiles once per leaf shape (tens of seconds for the 3-layer network).
     """
     network = MlipNequip(config, dataset_info)
     ForceField.validate_properties(properties, network.available_properties)
@@ -85,12 +86,12 @@ def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed
     with jax.debug_nans(False):  # see _check
         shapes = jax.eval_shape(predictor.init, jax.random.key(0), get_dummy_graph_for_model_init())
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    keys = jax.random.split(jax.random.key(seed), len(flat))
+    rng = np.random.default_rng(seed)
     leaves = []
-    for key, (path, leaf) in zip(keys, flat, strict=True):
+    for path, leaf in flat:
         name = str(getattr(path[-1], "key", path[-1]))
         scale = 1.0 / np.sqrt(leaf.shape[0]) if name == "kernel" else 1.0
-        leaves.append(scale * jax.random.normal(key, leaf.shape, leaf.dtype))
+        leaves.append(jnp.asarray(scale * rng.standard_normal(leaf.shape), leaf.dtype))
     return ForceField(predictor=predictor, params=jax.tree.unflatten(treedef, leaves))
 
 

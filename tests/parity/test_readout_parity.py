@@ -41,12 +41,10 @@ def _graph(latent, dataset_idx=None) -> Any:
 
 
 def _randomise(variables, seed):
-    """Replace every leaf by N(0, 1) values (zero-initialised biases included)."""
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(K(seed), len(leaves))
-    return jax.tree.unflatten(
-        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
-    )
+    """Replace every leaf by N(0, 1) values (zero-initialised biases included). NumPy draws them:
+    `jax.random.normal` would compile once per leaf shape."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), variables)
 
 
 def _apply(flax_module, variables, graph) -> Any:
