@@ -1,6 +1,9 @@
 """eqmlip's MACE network: the symmetries of physics (Hypothesis, via
-`eqmlip.testing.assert_potential_symmetries`), padding, model files, the training config's
-`model.name: mace`, and errors. Parity with mlip is in tests/parity/test_mace_parity.py."""
+`eqmlip.testing.assert_potential_symmetries`), padding and batching, forces and stress as
+finite-difference derivatives (x64), model files, the training config's `model.name: mace`,
+and errors. Parity with mlip is in tests/parity/test_mace_parity.py."""
+
+from typing import Any
 
 import ase
 import equinox as eqx
@@ -12,12 +15,12 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from eqmlip import Graph, pad_graph, testing
+from eqmlip import Graph, batch_graphs, pad_graph, testing
 from eqmlip.data import Structure, statistics
 from eqmlip.io import load_model, save_model
 from eqmlip.models import potential_class, potential_name
 from eqmlip.models.mace import Mace, MaceConfig, MaceLayer
-from eqmlip.potential import predict
+from eqmlip.potential import Prediction, predict, strain
 from eqmlip.training._run import ModelConfig, build_model
 
 SPECIES = (1, 6, 8)
@@ -38,36 +41,49 @@ CONFIG = MaceConfig(
     readout_irreps=("4x0e", "0e"),
 )
 NODE_BUDGET, EDGE_BUDGETS = 8, (32, 128, 512)
+# One budget for two structures batched (or one with that much padding): one compilation.
+BATCH_BUDGET = (2 * NODE_BUDGET, 2 * EDGE_BUDGETS[-1], 4)
 STRUCTURES = st.one_of(
     testing.molecules(SPECIES, max_atoms=5),
     testing.crystals(SPECIES, max_atoms=3, min_length=2.0, max_length=4.0),
 )
 TOLERANCE = {"energy": 1e-5, "forces": 1e-4, "stress": 1e-4}
 
-_predict = eqx.filter_jit(predict)
-_models: list[Mace] = []
+# Compiled without LLVM optimisations (about 2.5x less compile time; only rounding differs):
+# compiling, not running, is what these tests spend.
+# (`eqx.filter_jit` passes the options on to `jax.jit`; it does not type its extra keywords.)
+_FAST_JIT: dict[str, Any] = {"compiler_options": {"xla_backend_optimization_level": 0}}
+_predict = eqx.filter_jit(predict, **_FAST_JIT)
+_models: dict[bool, Mace] = {}
 
 
-def _model() -> Mace:
+def _model(x64: bool = False) -> Mace:
+    """The float32 model, built once; under x64 the same weights in float64."""
     if not _models:
-        _models.append(
-            Mace(
-                CONFIG,
-                SPECIES,
-                cutoff=CUTOFF,
-                avg_num_neighbors=3.0,
-                avg_r_min=0.9,
-                atomic_energies={1: -0.5, 6: -1.0, 8: -2.0},
-                key=jr.key(0),
-            )
+        _models[False] = Mace(
+            CONFIG,
+            SPECIES,
+            cutoff=CUTOFF,
+            avg_num_neighbors=3.0,
+            avg_r_min=0.9,
+            atomic_energies={1: -0.5, 6: -1.0, 8: -2.0},
+            key=jr.key(0),
         )
-    return _models[0]
+    if x64 not in _models:
+        assert jax.config.read("jax_enable_x64")
+        _models[True] = jax.tree.map(
+            lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, _models[False]
+        )
+    return _models[x64]
 
 
-def _run(atoms: ase.Atoms, model: Mace | None = None):
-    graph = Graph.from_atoms(atoms, CUTOFF)
-    budget = [b for b in EDGE_BUDGETS if b > graph.num_edges][0]
-    return _predict(model or _model(), pad_graph(graph, NODE_BUDGET, budget, 2))
+def _padded(graph: Graph) -> Graph:
+    """`graph` padded to the smallest edge budget that fits."""
+    return pad_graph(graph, NODE_BUDGET, [b for b in EDGE_BUDGETS if b > graph.num_edges][0], 2)
+
+
+def _run(atoms: ase.Atoms, model: Mace | None = None) -> Prediction:
+    return _predict(model or _model(), _padded(Graph.from_atoms(atoms, CUTOFF)))
 
 
 def _potential(atoms_positions, numbers, cell, pbc):
@@ -98,6 +114,87 @@ def test_mace_symmetries(atoms, matrix, data):
     assert not np.any(forces[len(atoms) :])  # padding atoms
     if not atoms.pbc.any() and Graph.from_atoms(atoms, CUTOFF).num_edges > 0:
         assert np.max(np.abs(forces)) > 0.0  # the atoms interact
+
+
+def _np(x) -> np.ndarray:
+    assert x is not None
+    return np.asarray(x, dtype=np.float64)
+
+
+@hypothesis.settings(max_examples=8)
+@hypothesis.given(atoms=STRUCTURES, other=STRUCTURES)
+def test_padding_and_batching_leave_real_outputs_unchanged(atoms, other):
+    n, m = len(atoms), len(other)
+    alone = _run(atoms)
+    energy, forces, stress = float(alone.energy[0]), _np(alone.forces)[:n], _np(alone.stress)[0]
+    scale = 1.0 + float(np.max(np.abs(forces)))
+    # Far more padding: atoms, edges (zero-length self-loops on a padding atom) and graphs.
+    graph = Graph.from_atoms(atoms, CUTOFF)
+    more = _predict(_model(), pad_graph(graph, *BATCH_BUDGET))
+    assert abs(float(more.energy[0]) - energy) <= 1e-6 * (1.0 + abs(energy))
+    assert np.max(np.abs(_np(more.forces)[:n] - forces)) <= 1e-5 * scale
+    assert np.max(np.abs(_np(more.stress)[0] - stress)) <= 1e-5 * scale
+    # Batched with another structure read by the other head, then padding.
+    graphs = [graph, Graph.from_atoms(other, CUTOFF, dataset_idx=1)]
+    together = _predict(_model(), pad_graph(batch_graphs(graphs), *BATCH_BUDGET))
+    assert abs(float(together.energy[0]) - energy) <= 1e-5 * (1.0 + abs(energy))
+    assert np.max(np.abs(_np(together.forces)[:n] - forces)) <= 1e-4 * scale
+    assert np.max(np.abs(_np(together.stress)[0] - stress)) <= 1e-4 * scale
+    second = _predict(_model(), _padded(graphs[1]))
+    expected = float(second.energy[0])
+    assert abs(float(together.energy[1]) - expected) <= 1e-5 * (1.0 + abs(expected))
+    other_scale = 1.0 + float(np.max(np.abs(_np(second.forces)[:m])))
+    assert np.max(np.abs(_np(together.forces)[n : n + m] - _np(second.forces)[:m])) <= (
+        1e-4 * other_scale
+    )
+    # Padding: zero energies, forces and stress; nothing anywhere is NaN or infinite.
+    assert not np.any(_np(together.energy)[2:])
+    assert not np.any(_np(together.forces)[n + m :])
+    assert not np.any(_np(together.stress)[2:])
+    for prediction in (alone, more, together):
+        leaves = jax.tree.leaves(prediction)
+        assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+@hypothesis.settings(max_examples=5)
+@hypothesis.given(atoms=STRUCTURES, data=st.data())
+def test_forces_and_stress_are_finite_difference_derivatives(atoms, data):
+    with jax.enable_x64(True):
+        model = _model(x64=True)
+        # One edge budget for every example: one compilation in float64.
+        graph = pad_graph(Graph.from_atoms(atoms, CUTOFF), NODE_BUDGET, EDGE_BUDGETS[-1], 2)
+        out = _predict(model, graph)
+        assert out.energy.dtype == jnp.float64
+        pos0 = np.asarray(graph.positions, dtype=np.float64)
+        cell0 = np.asarray(graph.cell, dtype=np.float64)
+        h = 1e-5
+
+        def energy(positions, cell) -> float:
+            moved = eqx.tree_at(lambda g: (g.positions, g.cell), graph, (positions, cell))
+            return float(_predict(model, moved).energy[0])
+
+        atom = data.draw(st.integers(0, len(atoms) - 1), label="atom")
+        axis = data.draw(st.integers(0, 2), label="axis")
+        step = np.zeros_like(pos0)
+        step[atom, axis] = h
+        fd = -(energy(pos0 + step, cell0) - energy(pos0 - step, cell0)) / (2 * h)
+        # Central differences: O(h^2) truncation and 1e-16 / h rounding, both far below 1e-7.
+        assert abs(fd - float(_np(out.forces)[atom, axis])) <= 1e-7
+
+        if atoms.pbc.any():
+            i, j = data.draw(st.integers(0, 2), label="i"), data.draw(st.integers(0, 2), label="j")
+            eps = np.zeros((2, 3, 3))
+            eps[0, i, j] = h
+
+            def strained(e) -> float:
+                positions, cell = strain(graph, jnp.asarray(pos0), jnp.asarray(cell0), e)
+                return energy(np.asarray(positions), np.asarray(cell))
+
+            derivative = (strained(jnp.asarray(eps)) - strained(jnp.asarray(-eps))) / (2 * h)
+            volume = abs(np.linalg.det(cell0[0]))
+            assert abs(derivative / volume - float(_np(out.stress)[0, i, j])) <= 1e-8
+        else:
+            assert not np.any(_np(out.stress)[0])
 
 
 def test_heads_differ_and_select_by_dataset_idx():

@@ -3,6 +3,8 @@ path (e3j symmetric contraction, `TRAILING_CHANNELS`, `ForceField` predictor) on
 and periodic crystals (one of them triclinic), padded batches."""
 
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -41,10 +43,11 @@ SMALL = dict(num_channels=4, radial_mlp_hidden=[8, 8])
 
 
 def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed: int):
-    """mlip's `ForceField` with random parameters of the right shapes (`eval_shape`, then
-    `N(0, 1)` draws, as mlip's own initialisers for MACE: its radial MLPs scale by
+    """mlip's `ForceField` with random float64 parameters of the right shapes (`eval_shape`,
+    then `N(0, 1)` draws, as mlip's own initialisers for MACE: its radial MLPs scale by
     `1/sqrt(fan_in)` at run time; the joint embedding's plain Dense kernel gets
-    `1/sqrt(fan_in)`)."""
+    `1/sqrt(fan_in)`). The draws are NumPy's: `jax.random.normal` compiles once per leaf
+    shape (about half of this function's time otherwise)."""
     network = MlipMace(config, dataset_info)
     ForceField.validate_properties(properties, network.available_properties)
     predictor = ForceField.get_predictor_class(properties, network.config)(
@@ -56,58 +59,100 @@ def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed
     shapes = jax.eval_shape(network.init, jax.random.key(0), get_dummy_graph_for_model_init())
     shapes = {"params": {"mlip_network": shapes["params"]}}
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    keys = jax.random.split(jax.random.key(seed), len(flat))
+    rng = np.random.default_rng(seed)
     leaves = []
-    for key, (path, leaf) in zip(keys, flat, strict=True):
+    for path, leaf in flat:
         name = str(getattr(path[-1], "key", path[-1]))
         dense = name == "kernel" and "joint_embedding_projection" in str(path)
         scale = 1.0 / np.sqrt(leaf.shape[0]) if dense else 1.0
-        leaves.append(scale * jax.random.normal(key, leaf.shape, leaf.dtype))
+        leaves.append(scale * rng.standard_normal(leaf.shape))
     return ForceField(predictor=predictor, params=jax.tree.unflatten(treedef, leaves))
 
 
-# (id, x64, mlip config arguments, two datasets, total charges, long-range graph, avg_r_min).
-# Each case costs a compilation of both networks (mlip's tracing dominates), so the options are
-# combined. mlip's e3j caches index arrays in the precision of their first use, so the x64 case
-# has irreps (l_max = 2) that no float32 case uses.
-CASES = [
-    ("default-like", False, dict(SMALL), False, None, False, None),
-    ("corr1-sym1-pseudo-gate-soft-residual-first-r-min-no-e0", False, dict(SMALL, correlation=1, node_symmetry=1, include_pseudotensors=True, gate_nodes=True, soft_normalization=1.5, residual_connection_first_layer=True, add_atomic_energies=False), False, None, False, 1.1),
-    ("corr2-lmax2-3-layers-2-heads-charges-coulomb", True, dict(SMALL, correlation=2, l_max=2, num_layers=3, num_readout_heads=2, use_coulomb_term=True, use_total_charge_embedding=True, readout_irreps=("8x0e", "0e"), deterministic_scatter_ops=True), True, {-1, 0, 1}, True, None),
-]  # fmt: skip
-PARAMS = [pytest.param(*case[1:], id=f"{'x64' if case[1] else 'f32'}-{case[0]}") for case in CASES]
+# (id, mlip config arguments, two datasets, total charges, long-range graph, avg_r_min,
+# precisions). Each case costs a trace of mlip's network for its parameters (the most of a
+# case), then per precision a compilation of both networks: the options are combined, and
+# one mlip model serves both precisions.
+CASES = {
+    "default-like": (dict(SMALL), False, None, False, None, ("f32", "x64")),
+    "corr1-sym1-pseudo-gate-soft-residual-first-r-min-no-e0": (dict(SMALL, correlation=1, node_symmetry=1, include_pseudotensors=True, gate_nodes=True, soft_normalization=1.5, residual_connection_first_layer=True, add_atomic_energies=False), False, None, False, 1.1, ("f32",)),
+    "corr2-lmax2-3-layers-2-heads-charges-coulomb": (dict(SMALL, correlation=2, l_max=2, num_layers=3, num_readout_heads=2, use_coulomb_term=True, use_total_charge_embedding=True, readout_irreps=("8x0e", "0e"), deterministic_scatter_ops=True), True, {-1, 0, 1}, True, None, ("f32", "x64")),
+}  # fmt: skip
+PARAMS = [
+    pytest.param(name, precision == "x64", id=f"{precision}-{name}")
+    for name, case in CASES.items()
+    for precision in case[-1]
+]
+
+
+# Both networks are compiled without LLVM's optimisations (about 2.5x less compile time for
+# these run-once programs); XLA's own passes still run, so the numbers differ from an optimised
+# build by rounding only.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# Passed on to `jax.jit` by `eqx.filter_jit` (which does not type its extra keywords).
+_FAST_JIT: dict[str, Any] = {"compiler_options": _FAST_COMPILE}
+
+
+class _Built(NamedTuple):
+    config: MlipMaceConfig
+    dataset_info: DatasetInfo
+    force_field: ForceField
+    apply: Callable  # the predictor's apply, jitted (traced once per precision)
+
+
+_built: dict[str, _Built] = {}
+
+
+def _build(name: str) -> _Built:
+    """A case's mlip model, built once and shared by its precisions (and by the `from_mlip`
+    test)."""
+    if name not in _built:
+        config_kwargs, two_datasets, total_charges, long_range, avg_r_min, _ = CASES[name]
+        dataset_info = DatasetInfo(
+            atomic_energies_map=[E0, E0_OTHER] if two_datasets else E0,
+            dataset_name=["a", "b"] if two_datasets else None,
+            graph_cutoff_angstrom=CUTOFF,
+            avg_num_neighbors=9.3,
+            avg_r_min_angstrom=avg_r_min,
+            total_charge_set=total_charges,
+            long_range_cutoff_angstrom=LONG_RANGE_CUTOFF if long_range else None,
+        )
+        config = MlipMaceConfig(**config_kwargs)
+        properties = Properties(stress=True, partial_charges=config.predict_partial_charges)
+        force_field = _force_field(config, dataset_info, properties, seed=1)
+        _built[name] = _Built(
+            config,
+            dataset_info,
+            force_field,
+            jax.jit(force_field.predictor.apply, compiler_options=_FAST_COMPILE),
+        )
+    return _built[name]
+
+
+_predict = eqx.filter_jit(predict, **_FAST_JIT)
 
 
 @pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")
-@pytest.mark.parametrize(
-    "x64, config_kwargs, two_datasets, total_charges, long_range, avg_r_min", PARAMS
-)
-def test_mace_matches_mlip(x64, config_kwargs, two_datasets, total_charges, long_range, avg_r_min):
+@pytest.mark.parametrize("name, x64", PARAMS)
+def test_mace_matches_mlip(name, x64):
     with jax.enable_x64(x64):
-        _check(x64, config_kwargs, two_datasets, total_charges, long_range, avg_r_min)
+        _check(name, x64)
 
 
-def _check(x64, config_kwargs, two_datasets, total_charges, long_range, avg_r_min):
+def _check(name, x64):
     rtol_e, atol = _tolerances(x64)
     start = time.perf_counter()
-    dataset_info = DatasetInfo(
-        atomic_energies_map=[E0, E0_OTHER] if two_datasets else E0,
-        dataset_name=["a", "b"] if two_datasets else None,
-        graph_cutoff_angstrom=CUTOFF,
-        avg_num_neighbors=9.3,
-        avg_r_min_angstrom=avg_r_min,
-        total_charge_set=total_charges,
-        long_range_cutoff_angstrom=LONG_RANGE_CUTOFF if long_range else None,
-    )
-    config = MlipMaceConfig(**config_kwargs)
-    charges_out = config.predict_partial_charges
-    properties = Properties(stress=True, partial_charges=charges_out)
-    force_field = _force_field(config, dataset_info, properties, seed=1)
-    apply = jax.jit(force_field.predictor.apply)
-    model = from_mlip(force_field.params, config, dataset_info)
+    _, two_datasets, total_charges, long_range, avg_r_min, _ = CASES[name]
+    config, dataset_info, force_field, apply = _build(name)
+    # Both sides get the same weights, rounded to the precision under test.
+    dtype = jnp.result_type(float)
+    params = jax.tree.map(lambda p: np.asarray(p, dtype), force_field.params)
+    model = from_mlip(params, config, dataset_info)
     assert isinstance(model, Mace) and isinstance(model.config, MaceConfig)
     assert (model.avg_r_min is None) == (avg_r_min is None)
-    run = eqx.filter_jit(predict)
+    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    assert leaves and all(leaf.dtype == dtype for leaf in leaves)
+    charges_out = config.predict_partial_charges
 
     structures = _molecules()[:3] + _crystals()
     n = len(structures)
@@ -115,19 +160,17 @@ def _check(x64, config_kwargs, two_datasets, total_charges, long_range, avg_r_mi
     dataset_idx = [i % 2 if two_datasets else 0 for i in range(n)]
     charges = [(i % 3) - 1 if total_charges else 0 for i in range(n)]
     with jax.debug_nans(False):  # mlip's Coulomb kernel: see the NequIP parity test
-        expected = apply(
-            force_field.params, _mlip_batch(structures, dataset_info, dataset_idx, charges)
-        )
+        expected = apply(params, _mlip_batch(structures, dataset_info, dataset_idx, charges))
     graph = _eqmlip_batch(structures, CUTOFF, dataset_idx, charges)
     if long_range:
         graph = graph.with_long_range(
             _eqmlip_batch(structures, LONG_RANGE_CUTOFF, dataset_idx, charges)
         )
-    actual = run(model, graph)
+    actual = _predict(model, graph)
 
     nodes = int(np.sum(graph.n_node[:n]))
     forces, stress, virial = _arr(actual.forces), _arr(actual.stress), _arr(actual.virial)
-    assert actual.energy.dtype == forces.dtype == jnp.result_type(float)
+    assert actual.energy.dtype == forces.dtype == expected.globals.energy.dtype == dtype
     ref_forces = np.asarray(expected.nodes.forces[:nodes])
     ref_stress = np.asarray(expected.globals.stress[:n])
     # The E0s (about 1e3 eV) would swamp the network's part in a relative error, so the network's
@@ -165,13 +208,10 @@ def _check(x64, config_kwargs, two_datasets, total_charges, long_range, avg_r_mi
 
 
 def test_from_mlip_mace_checks_every_leaf_and_reads_zip_contents():
-    dataset_info = DatasetInfo(
-        atomic_energies_map=E0, graph_cutoff_angstrom=CUTOFF, avg_num_neighbors=5.0
-    )
-    config = MlipMaceConfig(num_channels=2, l_max=1, correlation=1, radial_mlp_hidden=[4])
-    params = jax.tree.map(
-        np.asarray, _force_field(config, dataset_info, Properties(), seed=0).params
-    )
+    # The default-like case's mlip model (built once for the parity cases), as float32 NumPy
+    # arrays: what mlip's model zip holds.
+    config, dataset_info, force_field, _ = _build("default-like")
+    params = jax.tree.map(lambda p: np.asarray(p, np.float32), force_field.params)
     model = from_mlip(params, config, dataset_info)
     assert isinstance(model, Mace)
     # The plain contents of mlip's model zip: flat '#'-joined keys, the config as JSON fields.
@@ -192,12 +232,12 @@ def test_from_mlip_mace_checks_every_leaf_and_reads_zip_contents():
         from_mlip({**net, "layers_1": layer}, config, dataset_info)
     with pytest.raises(ValueError, match="unexpected: Extra_0/kernel"):
         from_mlip({**net, "Extra_0": {"kernel": np.zeros((2, 2))}}, config, dataset_info)
-    embed = {"node_embedding_block": {"embed": {"embedding": np.zeros((5, 2))}}}
+    embed = {"node_embedding_block": {"embed": {"embedding": np.zeros((5, 4))}}}
     with pytest.raises(
         ValueError,
-        match=r"embedding_block/node_embedding_block/embed/embedding has shape \(5, 2\), "
-        r"expected \(6, 2\)",
+        match=r"embedding_block/node_embedding_block/embed/embedding has shape \(5, 4\), "
+        r"expected \(6, 4\)",
     ):
         from_mlip({**net, "embedding_block": embed}, config, dataset_info)
     with pytest.raises(ValueError, match="expected"):  # another width does not fit
-        from_mlip(params, MlipMaceConfig(num_channels=3, l_max=1, correlation=1), dataset_info)
+        from_mlip(params, MlipMaceConfig(**{**SMALL, "num_channels": 3}), dataset_info)
