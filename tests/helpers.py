@@ -5,11 +5,14 @@ import pathlib
 from types import ModuleType
 
 import equinox as eqx
+import hypothesis.strategies as st
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from eqmlip.data import GraphLoader, statistics
 from eqmlip.models.nequip import Nequip, NequipConfig
+from eqmlip.potential import strain
 
 
 def load_benchmark(name: str) -> ModuleType:
@@ -89,3 +92,35 @@ def loader(structures, *, batch_size=4, shuffle=True, seed=0):
         max_nodes=8 * batch_size,
         max_edges=150 * batch_size,
     )
+
+
+def check_finite_differences(energy_of, graph, forces, stress, num_atoms: int, data) -> None:
+    """One force component (atom and axis drawn by Hypothesis `data`) against central
+    differences (h = 1e-5) of `energy_of(positions, cell)`, the first graph's energy, within
+    1e-7; for a periodic graph one stress component against the strain derivative over the
+    volume within 1e-8, else zero stress. For float64 models: O(h^2) truncation and 1e-16 / h
+    rounding are both far below those bounds."""
+    pos0 = np.asarray(graph.positions, dtype=np.float64)
+    cell0 = np.asarray(graph.cell, dtype=np.float64)
+    h = 1e-5
+    atom = data.draw(st.integers(0, num_atoms - 1), label="atom")
+    axis = data.draw(st.integers(0, 2), label="axis")
+    step = np.zeros_like(pos0)
+    step[atom, axis] = h
+    fd = -(energy_of(pos0 + step, cell0) - energy_of(pos0 - step, cell0)) / (2 * h)
+    assert abs(fd - float(np.asarray(forces)[atom, axis])) <= 1e-7
+
+    if np.asarray(graph.pbc)[0].any():
+        i, j = data.draw(st.integers(0, 2), label="i"), data.draw(st.integers(0, 2), label="j")
+        eps = np.zeros((cell0.shape[0], 3, 3))
+        eps[0, i, j] = h
+
+        def strained(e) -> float:
+            positions, cell = strain(graph, jnp.asarray(pos0), jnp.asarray(cell0), e)
+            return energy_of(np.asarray(positions), np.asarray(cell))
+
+        derivative = (strained(jnp.asarray(eps)) - strained(jnp.asarray(-eps))) / (2 * h)
+        volume = abs(np.linalg.det(cell0[0]))
+        assert abs(derivative / volume - float(np.asarray(stress)[0, i, j])) <= 1e-8
+    else:
+        assert not np.any(np.asarray(stress)[0])

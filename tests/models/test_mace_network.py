@@ -20,8 +20,10 @@ from eqmlip.data import Structure, statistics
 from eqmlip.io import load_model, save_model
 from eqmlip.models import potential_class, potential_name
 from eqmlip.models.mace import Mace, MaceConfig, MaceLayer
-from eqmlip.potential import Prediction, predict, strain
+from eqmlip.potential import Prediction, predict
 from eqmlip.training._run import ModelConfig, build_model
+
+from ..helpers import check_finite_differences
 
 SPECIES = (1, 6, 8)
 CUTOFF = 2.5
@@ -165,36 +167,12 @@ def test_forces_and_stress_are_finite_difference_derivatives(atoms, data):
         graph = pad_graph(Graph.from_atoms(atoms, CUTOFF), NODE_BUDGET, EDGE_BUDGETS[-1], 2)
         out = _predict(model, graph)
         assert out.energy.dtype == jnp.float64
-        pos0 = np.asarray(graph.positions, dtype=np.float64)
-        cell0 = np.asarray(graph.cell, dtype=np.float64)
-        h = 1e-5
 
         def energy(positions, cell) -> float:
             moved = eqx.tree_at(lambda g: (g.positions, g.cell), graph, (positions, cell))
             return float(_predict(model, moved).energy[0])
 
-        atom = data.draw(st.integers(0, len(atoms) - 1), label="atom")
-        axis = data.draw(st.integers(0, 2), label="axis")
-        step = np.zeros_like(pos0)
-        step[atom, axis] = h
-        fd = -(energy(pos0 + step, cell0) - energy(pos0 - step, cell0)) / (2 * h)
-        # Central differences: O(h^2) truncation and 1e-16 / h rounding, both far below 1e-7.
-        assert abs(fd - float(_np(out.forces)[atom, axis])) <= 1e-7
-
-        if atoms.pbc.any():
-            i, j = data.draw(st.integers(0, 2), label="i"), data.draw(st.integers(0, 2), label="j")
-            eps = np.zeros((2, 3, 3))
-            eps[0, i, j] = h
-
-            def strained(e) -> float:
-                positions, cell = strain(graph, jnp.asarray(pos0), jnp.asarray(cell0), e)
-                return energy(np.asarray(positions), np.asarray(cell))
-
-            derivative = (strained(jnp.asarray(eps)) - strained(jnp.asarray(-eps))) / (2 * h)
-            volume = abs(np.linalg.det(cell0[0]))
-            assert abs(derivative / volume - float(_np(out.stress)[0, i, j])) <= 1e-8
-        else:
-            assert not np.any(_np(out.stress)[0])
+        check_finite_differences(energy, graph, out.forces, out.stress, len(atoms), data)
 
 
 def test_heads_differ_and_select_by_dataset_idx():
