@@ -46,11 +46,8 @@ import numpy as np
 from mlip.data.dataset_info import DatasetInfo
 from mlip.models import ForceField, Mace as MlipMace
 from mlip.models.force_field import get_dummy_graph_for_model_init
-from mlip.models.loss import MSELoss
 from mlip.models.mace.config import MaceConfig as MlipMaceConfig
-from mlip.training.ema import exponentially_moving_average
 from mlip.training.training_state import init_training_state
-from mlip.training.training_step import make_train_step
 from mlip.typing.properties import Properties
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,16 +66,14 @@ from benchmarks.train import (  # noqa: E402
     eqmlip_batch,
     mlip_batch,
     molecules,
+    training_steps,
     with_targets,
 )
 from eqmlip.interop.mlip import from_mlip  # noqa: E402
 from eqmlip.potential import predict  # noqa: E402
 from eqmlip.training import (  # noqa: E402
-    Loss,
-    TrainConfig,
     cast_batch,
     init_state,
-    make_optimizer,
     train_step,
 )
 
@@ -217,33 +212,7 @@ def training(
 ) -> dict[str, Any]:
     """One training step on a batch of molecules, both libraries, checked then timed."""
     structures = with_targets(molecules(TRAIN_ATOMS, TRAIN_BATCH), e0)
-    # One optimizer object for both sides (eqmlip's jitted step hashes it by identity).
-    optimizer = make_optimizer(
-        TrainConfig(
-            optimizer="amsgrad",
-            learning_rate=1e-3,
-            warmup_steps=0,
-            schedule="constant",
-            grad_clip=10.0,
-        ),
-        total_steps=1,
-    )
-    # mlip: its jitted training step, as its TrainingLoop builds it (one device).
-    ema_fun = exponentially_moving_average(EMA_DECAY)
-    mlip_loss = MSELoss(
-        energy_weight_schedule=lambda _: ENERGY_WEIGHT,
-        forces_weight_schedule=lambda _: FORCES_WEIGHT,
-        stress_weight_schedule=lambda _: 0.0,
-    )
-    # (mlip's own annotations disagree: its MSELoss returns `dict[str, float | Array]` metrics.)
-    mlip_step = make_train_step(
-        force_field.predictor,
-        mlip_loss,  # pyright: ignore[reportArgumentType]
-        optimizer,
-        ema_fun,
-        avg_n_graphs_per_batch=TRAIN_BATCH,
-    )
-    loss = Loss(energy_weight=ENERGY_WEIGHT, forces_weight=FORCES_WEIGHT, stress_weight=0.0)
+    optimizer, ema_fun, mlip_step, loss = training_steps(force_field, TRAIN_BATCH, 1e-3)
     batch = cast_batch(eqmlip_batch(structures), np.float32)
     state, state_static = eqx.partition(init_state(model, optimizer), eqx.is_array)
     batch_arrays, batch_static = eqx.partition(batch, eqx.is_array)

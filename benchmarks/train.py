@@ -153,17 +153,12 @@ def _time(step: Any, state: Any, repeats: int) -> tuple[float, float]:
     return first - median, median
 
 
-def build(atoms: int, batch_size: int, learning_rate: float) -> dict[str, Any]:
-    """Both libraries' training steps on one batch, from the same weights, checked against
-    each other: `eqmlip_step` / `mlip_step` map a training state to the next one."""
-    mols = molecules(atoms, batch_size)
-    species = sorted({int(z) for m in mols for z in m.numbers})
-    e0 = {z: -10.0 * z for z in species}
-    structures = with_targets(mols, e0)
-    info = DatasetInfo(atomic_energies_map=e0, graph_cutoff_angstrom=CUTOFF, avg_num_neighbors=8.0)
-    force_field = mlip_force_field(MlipNequipConfig(target_irreps=DEFAULT_TARGET), info)
-    model = from_mlip(force_field.params, force_field.predictor.mlip_network.config, info)
-
+def training_steps(
+    force_field: ForceField, batch_size: int, learning_rate: float
+) -> tuple[Any, ...]:
+    """What both libraries' training steps share: `(optimizer, ema_fun, mlip_step, loss)`, the
+    optimizer (clip + AMSGrad, constant rate) and EMA as mlip's TrainingLoop builds them, mlip's
+    jitted step (one device, no accumulation) and eqmlip's matching `Loss`."""
     # One optimizer object for both sides (eqmlip's jitted step hashes it by identity).
     optimizer = make_optimizer(
         TrainConfig(
@@ -175,8 +170,6 @@ def build(atoms: int, batch_size: int, learning_rate: float) -> dict[str, Any]:
         ),
         total_steps=1,
     )
-
-    # mlip: its jitted training step, as TrainingLoop builds it (one device, no accumulation).
     ema_fun = exponentially_moving_average(EMA_DECAY)
     mlip_loss = MSELoss(
         energy_weight_schedule=lambda _: ENERGY_WEIGHT,
@@ -191,11 +184,26 @@ def build(atoms: int, batch_size: int, learning_rate: float) -> dict[str, Any]:
         ema_fun,
         avg_n_graphs_per_batch=batch_size,
     )
+    loss = Loss(energy_weight=ENERGY_WEIGHT, forces_weight=FORCES_WEIGHT, stress_weight=0.0)
+    return optimizer, ema_fun, mlip_step, loss
+
+
+def build(atoms: int, batch_size: int, learning_rate: float) -> dict[str, Any]:
+    """Both libraries' training steps on one batch, from the same weights, checked against
+    each other: `eqmlip_step` / `mlip_step` map a training state to the next one."""
+    mols = molecules(atoms, batch_size)
+    species = sorted({int(z) for m in mols for z in m.numbers})
+    e0 = {z: -10.0 * z for z in species}
+    structures = with_targets(mols, e0)
+    info = DatasetInfo(atomic_energies_map=e0, graph_cutoff_angstrom=CUTOFF, avg_num_neighbors=8.0)
+    force_field = mlip_force_field(MlipNequipConfig(target_irreps=DEFAULT_TARGET), info)
+    model = from_mlip(force_field.params, force_field.predictor.mlip_network.config, info)
+
+    optimizer, ema_fun, mlip_step, loss = training_steps(force_field, batch_size, learning_rate)
     mgraph = mlip_batch(structures)
     mlip_state = init_training_state(force_field.params, optimizer, ema_fun)
 
     # eqmlip: the library's step on the converted model.
-    loss = Loss(energy_weight=ENERGY_WEIGHT, forces_weight=FORCES_WEIGHT, stress_weight=0.0)
     batch = cast_batch(eqmlip_batch(structures), np.float32)
     state = init_state(model, optimizer)
 
