@@ -160,49 +160,106 @@ def _cg(l0: int, l1: int, l2: int) -> np.ndarray:
     return np.asarray(e3nn.clebsch_gordan(l0, l1, l2), dtype=np.float64)
 
 
-@functools.lru_cache(maxsize=64)
-def step_coefficients(step: PowerStep) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The nonzero coefficients of one power step over flat feature indices: `(out, lhs, rhs,
-    value)` with `z[out] += value * x[lhs] * y[rhs]`, sorted by `out` (float64 values)."""
-    lhs_starts = [s.start for s in step.irreps_lhs.slices()]
-    out_starts = [s.start for s in step.irreps_out.slices()]
-    outs, lhss, rhss, vals = [], [], [], []
-    for p in step.paths:
-        cg = _cg(p.l0, p.l1, p.l2)
-        a, b, c = np.nonzero(cg)
-        d0, d1, d2 = 2 * p.l0 + 1, 2 * p.l1 + 1, 2 * p.l2 + 1
-        u, v = np.divmod(np.arange(p.mul_lhs * p.mul_rhs), p.mul_rhs)
-        k = u * p.mul_rhs + v
-        outs.append((out_starts[p.block] + (p.start + k[:, None]) * d0 + a[None]).ravel())
-        lhss.append((lhs_starts[p.i_lhs] + u[:, None] * d1 + b[None]).ravel())
-        rhss.append((p.rhs_start + v[:, None] * d2 + c[None]).ravel())
-        vals.append(np.broadcast_to(cg[a, b, c][None], (len(k), len(a))).ravel())
-    out, lhs, rhs, val = (np.concatenate(t) for t in (outs, lhss, rhss, vals))
-    order = np.argsort(out, kind="stable")
-    # int32 whatever the x64 setting: JAX caches a converted constant by the array's identity,
-    # so an int64 array (from lru_cache) first used without x64 would come back as int32.
-    return (
-        out[order].astype(np.int32),
-        lhs[order].astype(np.int32),
-        rhs[order].astype(np.int32),
-        val[order],
-    )
+# The contraction is written batch-first (`[nodes * channels, ...]`, every node and channel a
+# batch row) with dense products only: matrix products with the Clebsch-Gordan coefficients
+# and dot products batched over the rows (the per-row outer products and weight sums). Their
+# gradients, and the second derivatives a training step on forces takes, are dot products
+# again. Gathers, scatters, and broadcasts over small axes (with their reductions in the
+# gradient) are what XLA:CPU runs element by element; and a few large operations compile
+# fast where one operation per coefficient does not.
+
+
+def _split(x: Array, sizes: Sequence[int], axis: int) -> list[Array]:
+    """`x` cut into consecutive pieces along `axis` (`lax.split`: its transpose is a
+    concatenation, where a slice's is a padded copy)."""
+    if len(sizes) == 1:
+        return [x]
+    return list(jnp.split(x, np.cumsum(sizes)[:-1].tolist(), axis=axis))
+
+
+def _outer(x: Float[Array, "batch m"], y: Float[Array, "batch n"]) -> Float[Array, "batch m n"]:
+    """`x[r, i] y[r, j]` per row `r`, as a batched dot product (not a broadcast)."""
+    return jax.lax.dot_general(x[:, :, None], y[:, None, :], (((2,), (1,)), ((0,), (0,))))
+
+
+def _contract(w: Float[Array, "batch u"], x: Float[Array, "batch u d"]) -> Float[Array, "batch d"]:
+    """`sum_u w[r, u] x[r, u, :]` per row `r` (a batched matrix-vector product)."""
+    return jax.lax.dot_general(w, x, (((1,), (1,)), ((0,), (0,))))
+
+
+def _cg_matrix(paths: Sequence[ProductPath]) -> np.ndarray:
+    """The paths' coefficients `[(b c), (path a)]` (one left and one right chunk)."""
+    return np.concatenate(
+        [_cg(p.l0, p.l1, p.l2).reshape(2 * p.l0 + 1, -1) for p in paths], axis=0
+    ).T
 
 
 def power_step(
-    lhs: Float[Array, "dim_lhs batch"],
-    rhs: Float[Array, "dim_rhs batch"],
+    lhs: Sequence[Float[Array, "batch _ _"]],
+    rhs: Sequence[Float[Array, "batch _ _"]],
     step: PowerStep,
-) -> Float[Array, "dim_out batch"]:
-    """One product `A^{(x)nu} (x) A` on feature-major arrays (features first, every node and
-    channel along `batch`): `z[i] = sum_{j k} C[i, j, k] x[j] y[k]` over the nonzero Clebsch-
-    Gordan coefficients of every path (a gather, a product and a sorted segment sum: few
-    operations, which XLA compiles fast, where one small product per path does not)."""
-    out, i_lhs, i_rhs, val = step_coefficients(step)
-    terms = lhs[i_lhs] * rhs[i_rhs] * jnp.asarray(val, lhs.dtype)[:, None]
-    return jax.ops.segment_sum(
-        terms, jnp.asarray(out), num_segments=step.irreps_out.dim, indices_are_sorted=True
-    )
+) -> list[Float[Array, "batch _ _"]]:
+    """One product `A^{(x)nu} (x) A` on chunks `[batch, mul, 2l+1]` (one per entry of
+    `step.irreps_lhs`, and of the source): for each pair of chunks, the outer product of
+    every left and right copy, then one matrix product with the Clebsch-Gordan coefficients
+    of all the paths of that pair; copy `u mul_rhs + v` of a path is copy
+    `start + u mul_rhs + v` of its output block.
+
+    **Returns:** one `[batch, mul, 2l+1]` chunk per entry of `step.irreps_out`."""
+    groups: dict[tuple[int, int], list[ProductPath]] = {}
+    for p in step.paths:
+        groups.setdefault((p.i_lhs, p.i_rhs), []).append(p)
+    pieces: list[list[tuple[int, Array]]] = [[] for _ in step.irreps_out]
+    for (i, j), paths in groups.items():
+        x, y = lhs[i], rhs[j]
+        batch, m1, d1 = x.shape
+        _, m2, d2 = y.shape
+        t = _outer(x.reshape(batch, m1 * d1), y.reshape(batch, m2 * d2))
+        if m1 * m2 > 1:
+            t = t.reshape(batch, m1, d1, m2, d2).transpose(0, 1, 3, 2, 4)
+        z = t.reshape(batch * m1 * m2, d1 * d2) @ jnp.asarray(_cg_matrix(paths), t.dtype)
+        z = z.reshape(batch, m1 * m2, -1)
+        for p, zp in zip(paths, _split(z, [2 * p.l0 + 1 for p in paths], 2), strict=True):
+            pieces[p.block].append((p.start, zp))
+    out = []
+    for ps in pieces:
+        ps.sort(key=lambda t: t[0])
+        out.append(jnp.concatenate([a for _, a in ps], axis=1) if len(ps) > 1 else ps[0][1])
+    return out
+
+
+def _folded_last_step(
+    lhs: Sequence[Float[Array, "batch _ _"]],
+    rhs: Sequence[Float[Array, "batch _ _"]],
+    step: PowerStep,
+    block: int,
+    w: Float[Array, "batch copies"],
+) -> Float[Array, "batch ir_dim"]:
+    """`sum_k w[k] z_k` over the copies `k` of block `block` of `step`'s output, without
+    building them (Horner): per path, the weights go into the left factor first,
+    `x~_v = sum_u w[start + u mul_rhs + v] x_u`; then, per right copy, one matrix product
+    with the paths' Clebsch-Gordan coefficients stacked along the contraction,
+    `s[(a c)] = sum_{(p b)} C_p[a, b, c] x~_p[b]`, and `sum_c s[a, c] y[c]`."""
+    paths = sorted((p for p in step.paths if p.block == block), key=lambda p: p.start)
+    d0 = step.irreps_out[block].ir.dim
+    batch = w.shape[0]
+    ws = _split(w, [p.mul_lhs * p.mul_rhs for p in paths], 1)
+    groups: dict[tuple[int, int], tuple[list[np.ndarray], list[Array]]] = {}
+    for p, wp in zip(paths, ws, strict=True):
+        wp = wp.reshape(batch, p.mul_lhs, p.mul_rhs)
+        cg = np.transpose(_cg(p.l0, p.l1, p.l2), (1, 0, 2)).reshape(2 * p.l1 + 1, -1)
+        for v in range(p.mul_rhs):
+            cgs, xs = groups.setdefault((p.i_rhs, v), ([], []))
+            cgs.append(cg)  # [b, (a c)]
+            xs.append(_contract(wp[:, :, v], lhs[p.i_lhs]))  # [batch, b]
+    total = None
+    for (j, v), (cgs, xs) in groups.items():
+        xt = jnp.concatenate(xs, axis=1) if len(xs) > 1 else xs[0]
+        s = xt @ jnp.asarray(np.concatenate(cgs, axis=0), xt.dtype)  # [batch, (a c)]
+        part = _contract(rhs[j][:, v], s.reshape(batch, d0, -1).transpose(0, 2, 1))
+        total = part if total is None else total + part
+    assert total is not None
+    return total
 
 
 def symmetric_contraction(
@@ -235,26 +292,36 @@ def symmetric_contraction(
             f"of irreps_out {irreps_out} ({len(irreps_out)})."
         )
     nodes, channels, dim = x.shape
-    source = x.reshape(nodes * channels, dim).T  # [dim, nodes * channels]
+    batch = nodes * channels
+    flat = x.reshape(batch, dim)
+    sizes = [mul * ir.dim for mul, ir in irreps_in]
+    source = [
+        c.reshape(batch, mul, ir.dim)
+        for c, (mul, ir) in zip(_split(flat, sizes, 1), irreps_in, strict=True)
+    ]
     powers = [source]
-    for step in plan.steps:
+    for step in plan.steps[:-1]:
         powers.append(power_step(powers[-1], source, step))
+    last = len(plan.powers) - 1
     outs = []
     for (_, ir), feeds, mul_in, w in zip(irreps_out, plan.kept, plan.mul_in, weights, strict=True):
         if mul_in == 0:
-            outs.append(jnp.zeros((ir.dim, nodes * channels), x.dtype))
+            outs.append(jnp.zeros((batch, ir.dim), x.dtype))
             continue
-        parts = []
-        for nu, i in feeds:
-            s = plan.powers[nu].slices()[i]
-            parts.append(powers[nu][s.start : s.stop].reshape(-1, ir.dim, nodes * channels))
-        stacked = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-        w_nodes = w.astype(x.dtype)[species].reshape(nodes * channels, mul_in).T
-        outs.append(jnp.einsum("ub,uab->ab", w_nodes, stacked))
+        w_nodes = w.astype(x.dtype)[species].reshape(batch, mul_in)
+        w_feeds = _split(w_nodes, [plan.powers[nu][i].mul for nu, i in feeds], 1)
+        acc = None
+        for (nu, i), wk in zip(feeds, w_feeds, strict=True):
+            if nu == last and last > 0:
+                part = _folded_last_step(powers[-1], source, plan.steps[-1], i, wk)
+            else:
+                part = _contract(wk, powers[nu][i])
+            acc = part if acc is None else acc + part
+        outs.append(acc)
     if not outs:
         return jnp.zeros((nodes, channels, 0), x.dtype)
-    out = jnp.concatenate(outs, axis=0)  # [dim_out, nodes * channels]
-    return out.T.reshape(nodes, channels, irreps_out.dim)
+    out = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+    return out.reshape(nodes, channels, irreps_out.dim)
 
 
 # --- the rest of a MACE layer: radial MLP, soft normalisation, radial pre-factor -----------------
