@@ -241,7 +241,7 @@ def _folded_last_step(
     with the paths' Clebsch-Gordan coefficients stacked along the contraction,
     `s[(a c)] = sum_{(p b)} C_p[a, b, c] x~_p[b]`, and `sum_c s[a, c] y[c]`."""
     paths = sorted((p for p in step.paths if p.block == block), key=lambda p: p.start)
-    d0 = step.irreps_out[block].ir.dim
+    d0 = [ir.dim for _, ir in step.irreps_out][block]
     batch = w.shape[0]
     ws = _split(w, [p.mul_lhs * p.mul_rhs for p in paths], 1)
     groups: dict[tuple[int, int], tuple[list[np.ndarray], list[Array]]] = {}
@@ -309,7 +309,7 @@ def symmetric_contraction(
             outs.append(jnp.zeros((batch, ir.dim), x.dtype))
             continue
         w_nodes = w.astype(x.dtype)[species].reshape(batch, mul_in)
-        w_feeds = _split(w_nodes, [plan.powers[nu][i].mul for nu, i in feeds], 1)
+        w_feeds = _split(w_nodes, [[m for m, _ in plan.powers[nu]][i] for nu, i in feeds], 1)
         acc = None
         for (nu, i), wk in zip(feeds, w_feeds, strict=True):
             if nu == last and last > 0:
