@@ -202,3 +202,58 @@ def test_product_basis_invalid_arguments(source, target, kwargs, match):
     args = dict(correlation=2, num_species=2, num_channels=2) | kwargs
     with pytest.raises(ValueError, match=f"EquivariantProductBasisBlock: {match}"):
         EquivariantProductBasisBlock(source, target, key=K(0), **args)
+
+
+def _dense_reference(x, species, weights, source, target, correlation):
+    """The module docstring's definition, in float64 NumPy: every power built in full, path
+    by path (`einsum` with the Clebsch-Gordan coefficients), then `W` mixes the copies."""
+    from eqmlip.ops.mace import _cg
+
+    source, target = e3nn.Irreps(source), e3nn.Irreps(target)
+    plan = contraction_plan(source, correlation, target)
+    n, c, dim = x.shape
+    powers = [np.asarray(x, np.float64).reshape(n * c, dim)]
+    for step in plan.steps:
+        lhs_s, out_s, src_s = (i.slices() for i in (step.irreps_lhs, step.irreps_out, source))
+        out = np.zeros((n * c, step.irreps_out.dim))
+        for p in step.paths:
+            d0, d1, d2 = 2 * p.l0 + 1, 2 * p.l1 + 1, 2 * p.l2 + 1
+            xl = powers[-1][:, lhs_s[p.i_lhs]].reshape(-1, p.mul_lhs, d1)
+            yr = powers[0][:, src_s[p.i_rhs]].reshape(-1, p.mul_rhs, d2)
+            z = np.einsum("abc,nub,nvc->nuva", _cg(p.l0, p.l1, p.l2), xl, yr)
+            start = out_s[p.block].start + p.start * d0
+            out[:, start : start + z[0].size] = z.reshape(n * c, -1)
+        powers.append(out)
+    outs = []
+    for (_, ir), feeds, w in zip(target, plan.kept, weights, strict=True):
+        copies = [
+            powers[nu][:, plan.powers[nu].slices()[i]].reshape(n * c, -1, ir.dim) for nu, i in feeds
+        ]
+        if not copies:
+            outs.append(np.zeros((n * c, ir.dim)))
+            continue
+        w_rows = np.asarray(w, np.float64)[np.asarray(species)].reshape(n * c, -1)
+        outs.append(np.einsum("nu,nua->na", w_rows, np.concatenate(copies, axis=1)))
+    return np.concatenate(outs, axis=1).reshape(n, c, -1)
+
+
+@pytest.mark.parametrize(
+    "source, target, correlation",
+    [
+        # correlation 4: powers below the last with many copies per chunk
+        ("0e+1o", "0e+1o", 4),
+        ("0e+1o+2e", "0e", 4),
+        ("0e+0o+1o+1e", "0e+1e", 3),
+    ],
+    ids=["corr4-l1", "corr4-l2-scalar", "corr3-pseudotensors"],
+)
+def test_contraction_matches_its_definition(source, target, correlation):
+    """Beyond the correlations mlip is compared at (tests/parity): the batched, folded
+    contraction against the powers built in full (x64)."""
+    with jax.enable_x64(True):
+        block = _block(target=target, correlation=correlation, source=source, seed=7)
+        x = jr.normal(K(8), (5, 3, e3nn.Irreps(source).dim), jnp.float64)
+        y = np.asarray(_apply(block, x, SPECIES))
+    expected = _dense_reference(x, SPECIES, block.weights, source, target, correlation)
+    assert np.abs(expected).max() > 1.0
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
