@@ -99,8 +99,8 @@ def test_energy_forces_stress_equal_predict(name, fmt, alloy_structures):
         neighbors = neighbor_fn.allocate(position)
         energy_fn = jax_md_energy_fn(model, atoms.numbers, displacement)
 
-        # Jitted, as JAX-MD's functions are used (op by op, each of these takes seconds of
-        # dispatch and per-op compiles); docs/tutorial-md-jax.md calls them eagerly.
+        # Jitted, as JAX-MD's functions are meant to be used (op by op, each of these takes
+        # seconds of dispatch and per-op compiles).
         @jax.jit
         def jax_md_quantities(position, neighbors):
             energy = energy_fn(position, neighbors)
