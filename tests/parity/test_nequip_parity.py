@@ -72,12 +72,12 @@ def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed
     """mlip's `ForceField.from_mlip_network`, with random float64 parameters of the right shapes.
 
     Flax's own `init` traces and runs the whole network eagerly (about a minute for a small
-    NequIP here); `eval_shape` of the network's init (the predictor's, which differentiates the
-    network for forces, takes several times longer to trace, for the same tree) gives the
-    parameter tree for a fraction of that. Weights are drawn afresh (no special initial values
-    survive): e3j's weights, normalised at run time, as `N(0, 1)`, Flax kernels with
-    `1/sqrt(fan_in)`. NumPy draws them: `jax.random.normal` compiles once per leaf shape (tens
-    of seconds for the 3-layer network).
+    NequIP here); `eval_shape` of the network's init gives the parameter tree for a fraction
+    of that (the predictor's init gives the same tree, but differentiates the network for
+    forces: a longer trace). Weights are drawn afresh (no special initial values survive):
+    e3j's weights, normalised at run time, as `N(0, 1)`, Flax kernels with `1/sqrt(fan_in)`.
+    NumPy draws them: `jax.random.normal` compiles once per leaf shape (tens of seconds for
+    the 3-layer network).
     """
     network = MlipNequip(config, dataset_info)
     ForceField.validate_properties(properties, network.available_properties)
