@@ -98,14 +98,22 @@ def test_energy_forces_stress_equal_predict(name, fmt, alloy_structures):
         position = jnp.asarray(atoms.positions)
         neighbors = neighbor_fn.allocate(position)
         energy_fn = jax_md_energy_fn(model, atoms.numbers, displacement)
-        expected = predict(model, Graph.from_atoms(atoms, model.cutoff))
-        energy = energy_fn(position, neighbors)
+
+        # Jitted, as JAX-MD's functions are meant to be used (op by op, each of these takes
+        # seconds of dispatch and per-op compiles).
+        @jax.jit
+        def jax_md_quantities(position, neighbors):
+            energy = energy_fn(position, neighbors)
+            forces = jax_md.quantity.force(energy_fn)(position, neighbors)
+            stress = jax_md.quantity.stress(energy_fn, position, box, neighbor=neighbors)
+            return energy, forces, stress
+
+        expected = eqx.filter_jit(predict)(model, Graph.from_atoms(atoms, model.cutoff))
+        energy, forces, stress = jax_md_quantities(position, neighbors)
         assert abs(float(expected.energy[0])) > 1e-3  # a sign error could not hide in a zero
         np.testing.assert_allclose(energy, expected.energy[0], rtol=1e-12)
-        forces = jax_md.quantity.force(energy_fn)(position, neighbors)
         assert expected.forces is not None
         np.testing.assert_allclose(forces, expected.forces, atol=1e-11)
-        stress = jax_md.quantity.stress(energy_fn, position, box, neighbor=neighbors)
         assert expected.stress is not None
         # JAX-MD's sign is the opposite of ASE's; eqmlip's strain is symmetrised (the chiral
         # potential is not rotation invariant, so only its symmetric part agrees).

@@ -6,7 +6,8 @@ import io
 import json
 import warnings
 import zipfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -68,13 +69,15 @@ def _crystals():
 
 
 def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed: int):
-    """mlip's `ForceField.from_mlip_network`, with random parameters of the right shapes.
+    """mlip's `ForceField.from_mlip_network`, with random float64 parameters of the right shapes.
 
     Flax's own `init` traces and runs the whole network eagerly (about a minute for a small
-    NequIP here); `eval_shape` gives the parameter tree for a fraction of that. Weights are
-    drawn afresh (no special initial values survive): e3j's weights, normalised at run time, as
-    `N(0, 1)`, Flax kernels with `1/sqrt(fan_in)`. NumPy draws them: `jax.random.normal`
-    compiles once per leaf shape (tens of seconds for the 3-layer network).
+    NequIP here); `eval_shape` of the network's init gives the parameter tree for a fraction
+    of that (the predictor's init gives the same tree, but differentiates the network for
+    forces: a longer trace). Weights are drawn afresh (no special initial values survive):
+    e3j's weights, normalised at run time, as `N(0, 1)`, Flax kernels with `1/sqrt(fan_in)`.
+    NumPy draws them: `jax.random.normal` compiles once per leaf shape (tens of seconds for
+    the 3-layer network).
     """
     network = MlipNequip(config, dataset_info)
     ForceField.validate_properties(properties, network.available_properties)
@@ -84,14 +87,15 @@ def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed
         energy_head=ForceField.get_energy_head(network.config, properties, network),
     )
     with jax.debug_nans(False):  # see _check
-        shapes = jax.eval_shape(predictor.init, jax.random.key(0), get_dummy_graph_for_model_init())
+        shapes = jax.eval_shape(network.init, jax.random.key(0), get_dummy_graph_for_model_init())
+    shapes = {"params": {"mlip_network": shapes["params"]}}
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     rng = np.random.default_rng(seed)
     leaves = []
     for path, leaf in flat:
         name = str(getattr(path[-1], "key", path[-1]))
         scale = 1.0 / np.sqrt(leaf.shape[0]) if name == "kernel" else 1.0
-        leaves.append(jnp.asarray(scale * rng.standard_normal(leaf.shape), leaf.dtype))
+        leaves.append(scale * rng.standard_normal(leaf.shape))
     return ForceField(predictor=predictor, params=jax.tree.unflatten(treedef, leaves))
 
 
@@ -143,50 +147,86 @@ def _eqmlip_batch(structures, cutoff, dataset_idx, charges):
     return pad_graph(batch, batch.num_nodes + 2, batch.num_edges + 5, batch.num_graphs + 2)
 
 
-# (id, mlip config arguments, multi-dataset E0s, total charges, long-range graph, x64 too).
-# Each case costs a compilation of both networks, so the features are combined: the last case
-# has three layers (odd scalars reach the third), two heads picked by dataset_idx, partial
-# charges, the total-charge embedding, the Coulomb term and deterministic scatters.
-CASES = [
-    ("default-config", dict(target_irreps=DEFAULT_TARGET), False, None, False, False),
-    ("partial-charges-charge-embedding", dict(SMALL, predict_partial_charges=True, use_total_charge_embedding=True), False, {-1, 0, 1}, False, False),
-    ("3-layers-odd-scalars-2-heads-coulomb", dict(SMALL, num_layers=3, num_readout_heads=2, use_coulomb_term=True, use_total_charge_embedding=True, deterministic_scatter_ops=True), True, {-1, 0, 1}, True, True),
-]  # fmt: skip
+# (id, mlip config arguments, multi-dataset E0s, total charges, long-range graph, precisions).
+# Each case costs a trace of mlip's network for its parameters, then per precision a
+# compilation of both networks, so the features are combined: the last case has three layers
+# (odd scalars reach the third), two heads picked by dataset_idx, partial charges, the
+# total-charge embedding, the Coulomb term and deterministic scatters. One mlip model serves
+# both precisions.
+CASES = {
+    "default-config": (dict(target_irreps=DEFAULT_TARGET), False, None, False, ("f32",)),
+    "partial-charges-charge-embedding": (dict(SMALL, predict_partial_charges=True, use_total_charge_embedding=True), False, {-1, 0, 1}, False, ("f32",)),
+    "3-layers-odd-scalars-2-heads-coulomb": (dict(SMALL, num_layers=3, num_readout_heads=2, use_coulomb_term=True, use_total_charge_embedding=True, deterministic_scatter_ops=True), True, {-1, 0, 1}, True, ("f32", "x64")),
+}  # fmt: skip
 PARAMS = [
-    pytest.param(x64, *case[1:-1], id=f"{'x64' if x64 else 'f32'}-{case[0]}")
-    for case in CASES
-    for x64 in ((False, True) if case[-1] else (False,))
+    pytest.param(name, precision == "x64", id=f"{precision}-{name}")
+    for name, case in CASES.items()
+    for precision in case[-1]
 ]
+
+# Both networks are compiled without LLVM's optimisations (several times less compile time for
+# these run-once programs); XLA's own passes still run, so the numbers differ from an optimised
+# build by rounding only.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# Passed on to `jax.jit` by `eqx.filter_jit` (which does not type its extra keywords).
+_FAST_JIT: dict[str, Any] = {"compiler_options": _FAST_COMPILE}
+
+
+class _Built(NamedTuple):
+    config: MlipNequipConfig
+    dataset_info: DatasetInfo
+    force_field: ForceField
+    apply: Callable  # the predictor's apply, jitted (traced once per precision)
+
+
+_built: dict[str, _Built] = {}
+
+
+def _build(name: str) -> _Built:
+    """A case's mlip model, built once and shared by its precisions."""
+    if name not in _built:
+        config_kwargs, two_datasets, total_charges, long_range, _ = CASES[name]
+        dataset_info = DatasetInfo(
+            atomic_energies_map=[E0, E0_OTHER] if two_datasets else E0,
+            dataset_name=["a", "b"] if two_datasets else None,
+            graph_cutoff_angstrom=CUTOFF,
+            avg_num_neighbors=9.3,
+            total_charge_set=total_charges,
+            long_range_cutoff_angstrom=LONG_RANGE_CUTOFF if long_range else None,
+        )
+        config = MlipNequipConfig(**config_kwargs)
+        properties = Properties(stress=True, partial_charges=config.predict_partial_charges)
+        force_field = _force_field(config, dataset_info, properties, seed=1)
+        apply = jax.jit(force_field.predictor.apply, compiler_options=_FAST_COMPILE)
+        _built[name] = _Built(config, dataset_info, force_field, apply)
+    return _built[name]
+
+
+_predict = eqx.filter_jit(predict, **_FAST_JIT)
 
 
 @pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")
-@pytest.mark.parametrize("x64, config_kwargs, two_datasets, total_charges, long_range", PARAMS)
-def test_nequip_matches_mlip(x64, config_kwargs, two_datasets, total_charges, long_range):
+@pytest.mark.parametrize("name, x64", PARAMS)
+def test_nequip_matches_mlip(name, x64):
     with jax.enable_x64(x64):
-        _check(x64, config_kwargs, two_datasets, total_charges, long_range)
+        _check(name, x64)
 
 
-def _check(x64, config_kwargs, two_datasets, total_charges, long_range):
+def _check(name, x64):
     rtol_e, atol = _tolerances(x64)
-    dataset_info = DatasetInfo(
-        atomic_energies_map=[E0, E0_OTHER] if two_datasets else E0,
-        dataset_name=["a", "b"] if two_datasets else None,
-        graph_cutoff_angstrom=CUTOFF,
-        avg_num_neighbors=9.3,
-        total_charge_set=total_charges,
-        long_range_cutoff_angstrom=LONG_RANGE_CUTOFF if long_range else None,
-    )
-    config = MlipNequipConfig(**config_kwargs)
+    config_kwargs, two_datasets, total_charges, long_range, _ = CASES[name]
+    config, dataset_info, force_field, apply = _build(name)
+    # Both sides get the same weights, rounded to the precision under test.
+    dtype = jnp.result_type(float)
+    params = jax.tree.map(lambda p: np.asarray(p, dtype), force_field.params)
     charges_out = config.predict_partial_charges
-    properties = Properties(stress=True, partial_charges=charges_out)
-    force_field = _force_field(config, dataset_info, properties, seed=1)
-    apply = jax.jit(force_field.predictor.apply)
-    model = from_mlip(force_field.params, config, dataset_info)
+    model = from_mlip(params, config, dataset_info)
     assert isinstance(model, Nequip)
     assert (
         model.config.target_irreps == NequipConfig(target_irreps=config.target_irreps).target_irreps
     )
-    run = eqx.filter_jit(predict)
+    leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+    assert leaves and all(leaf.dtype == dtype for leaf in leaves)
 
     # One batch (molecules, then crystals) per side: one compilation each.
     # The full-size default network is the slowest to compile and run: fewer molecules.
@@ -202,20 +242,17 @@ def _check(x64, config_kwargs, two_datasets, total_charges, long_range):
     # with `where`, whose gradient then holds 0 * inf = NaN internally (its outputs are finite);
     # the suite's jax_debug_nans flags that, so it is off for the mlip side only.
     with jax.debug_nans(False):
-        expected = apply(
-            force_field.params, _mlip_batch(structures, dataset_info, dataset_idx, charges)
-        )
+        expected = apply(params, _mlip_batch(structures, dataset_info, dataset_idx, charges))
     graph = _eqmlip_batch(structures, CUTOFF, dataset_idx, charges)
     if long_range:
         graph = graph.with_long_range(
             _eqmlip_batch(structures, LONG_RANGE_CUTOFF, dataset_idx, charges)
         )
-    actual = run(model, graph)
+    actual = _predict(model, graph)
 
     nodes = int(np.sum(graph.n_node[:n]))
     forces, stress, virial = _arr(actual.forces), _arr(actual.stress), _arr(actual.virial)
-    dtype = jnp.result_type(float)
-    assert actual.energy.dtype == forces.dtype == dtype
+    assert actual.energy.dtype == forces.dtype == expected.globals.energy.dtype == dtype
     assert relative_error(actual.energy[:n], expected.globals.energy[:n]) <= rtol_e
     assert np.max(np.abs(forces[:nodes] - np.asarray(expected.nodes.forces[:nodes]))) <= atol
     assert np.max(np.abs(np.asarray(expected.nodes.forces[:nodes]))) > 1e-2
