@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .columns import split_columns
 from .linear import LinearBlock, _mix, block_scale
 from .segment import segment_sum
 from .so3 import sh_irreps
@@ -196,6 +197,61 @@ def _diagonal_constant(matrix: np.ndarray) -> float:
     return c
 
 
+def _path_inputs(
+    x_edges: Float[Array, "edges dim_in"],
+    sh: Float[Array, "edges sh_dim"],
+    weights: Float[Array, "edges num_weights"],
+    irreps_in: e3nn.Irreps,
+    paths: Sequence[ConvPath],
+) -> tuple[dict[int, Array], dict[int, Array], list[Array]]:
+    """`(x chunks by input entry, Y^l by l, radial weights by path)`: the columns the paths
+    read, each array cut by one split (see [`eqmlip.ops.columns.split_columns`][])."""
+    slices = irreps_in.slices()
+    entries = sorted({p.i_in for p in paths})
+    x_chunks = split_columns(
+        x_edges, [(slices[i].start, slices[i].stop - slices[i].start) for i in entries]
+    )
+    degrees = sorted({p.l2 for p in paths} | {p.l0 for p in paths})
+    sh_blocks = split_columns(sh, [(d * d, 2 * d + 1) for d in degrees])
+    w_pieces = split_columns(weights, [(p.radial_start, p.mul) for p in paths])
+    return (
+        dict(zip(entries, x_chunks, strict=True)),
+        dict(zip(degrees, sh_blocks, strict=True)),
+        w_pieces,
+    )
+
+
+def _messages(
+    x_chunks: dict[int, Array],
+    sh_blocks: dict[int, Array],
+    w_pieces: Sequence[Array],
+    paths: Sequence[ConvPath],
+    avg_num_neighbors: float,
+) -> list[Array]:
+    """The messages of `paths` (`(edges, mul * (2 l0 + 1))` each) from pre-split inputs."""
+    outs = []
+    for p, w in zip(paths, w_pieces, strict=True):
+        d0, d1 = 2 * p.l0 + 1, 2 * p.l1 + 1
+        x = x_chunks[p.i_in]
+        edges = x.shape[0]
+        x = x.reshape(edges, p.mul, d1)
+        y = sh_blocks[p.l2]
+        coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
+        if p.l2 == 0:  # C'[a, b, 0] = c delta_ab; Y^0 = 1 is not read (its gradient is waste)
+            m = x * _diagonal_constant(coef[:, :, 0])
+        elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
+            m = x * (_diagonal_constant(coef[:, 0, :]) * y)[:, None, :]
+        elif p.l0 == 0:  # C'[0, b, c] = c delta_bc: a scaled dot product over m
+            # A batched matrix-vector product: XLA:CPU runs a multiply-and-reduce over the
+            # 2l+1 components (and its transpose) several times slower.
+            m = jnp.einsum("eub,eb->eu", x, y * _diagonal_constant(coef[0]))[:, :, None]
+        else:
+            a = jnp.einsum("abc,ec->eab", jnp.asarray(coef, x.dtype), y)
+            m = jnp.einsum("eub,eab->eua", x, a)
+        outs.append((m * w[:, :, None]).reshape(edges, p.mul * d0))
+    return outs
+
+
 def tensor_product_messages(
     x_edges: Float[Array, "edges dim_in"],
     sh: Float[Array, "edges sh_dim"],
@@ -214,28 +270,10 @@ def tensor_product_messages(
     have a diagonal `C'` and are computed as a product by one constant. `Y^0` is 1 in this
     normalisation and is not read.
     """
-    edges = x_edges.shape[0]
-    dtype = x_edges.dtype
-    slices = irreps_in.slices()
-    outs = []
-    for p in paths:
-        d0, d1 = 2 * p.l0 + 1, 2 * p.l1 + 1
-        x = x_edges[:, slices[p.i_in]].reshape(edges, p.mul, d1)
-        y = sh[:, p.l2**2 : (p.l2 + 1) ** 2]
-        coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
-        if p.l2 == 0:  # C'[a, b, 0] = c delta_ab; Y^0 = 1 is not read (its gradient is waste)
-            m = x * _diagonal_constant(coef[:, :, 0])
-        elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
-            m = x * (_diagonal_constant(coef[:, 0, :]) * y)[:, None, :]
-        elif p.l0 == 0:  # C'[0, b, c] = c delta_bc: a scaled dot product over m
-            m = jnp.sum(x * y[:, None, :], axis=-1, keepdims=True) * _diagonal_constant(coef[0])
-        else:
-            a = jnp.einsum("abc,ec->eab", jnp.asarray(coef, dtype), y)
-            m = jnp.einsum("eub,eab->eua", x, a)
-        w = weights[:, p.radial_start : p.radial_start + p.mul]
-        outs.append((m * w[:, :, None]).reshape(edges, p.mul * d0))
-    if not outs:
-        return jnp.zeros((edges, 0), dtype)
+    if not paths:
+        return jnp.zeros((x_edges.shape[0], 0), x_edges.dtype)
+    x_chunks, sh_blocks, w_pieces = _path_inputs(x_edges, sh, weights, irreps_in, paths)
+    outs = _messages(x_chunks, sh_blocks, w_pieces, paths, avg_num_neighbors)
     return jnp.concatenate(outs, axis=-1)
 
 
@@ -301,8 +339,6 @@ def interaction(
     """
     nodes, edges = x.shape[0], senders.shape[0]
     dtype = x.dtype
-    x_edges = x[senders]
-    slices = irreps_in.slices()
     expected = [
         sum(p.mul for p in paths if p.block == k) for k in range(len({p.block for p in paths}))
     ]
@@ -312,51 +348,65 @@ def interaction(
             f"{[b.mul_in for b in linear_out_blocks]}, but the paths' message blocks have "
             f"{expected}."
         )
+    # Every edge array is cut once for all paths (one concatenation in its cotangent).
+    x_chunks, sh_blocks, w_pieces = _path_inputs(x[senders], sh, weights, irreps_in, paths)
+    w_of = dict(zip(paths, w_pieces, strict=True))
 
     plain = [p for p in paths if not premixes(p, linear_out_blocks[p.block])]
-    plain_messages = tensor_product_messages(
-        x_edges, sh, weights, irreps_in=irreps_in, paths=plain,
-        avg_num_neighbors=avg_num_neighbors,
-    )  # fmt: skip
-    columns = [plain_messages]
-    premixed_slots: dict[int, tuple[int, int]] = {}  # block -> (start, width) in `columns`
-    offset = plain_messages.shape[1]
+    columns = _messages(x_chunks, sh_blocks, [w_of[p] for p in plain], plain, avg_num_neighbors)
+    widths = [c.shape[1] for c in columns]
+    premixed: list[int] = []  # blocks whose messages were mixed on the edges, in column order
     for k, block in enumerate(linear_out_blocks):
         members = [p for p in paths if p.block == k and premixes(p, block)]
         if not members:
             continue
         scale = block_scale(block.mul_in)
+        w_out = split_columns(
+            linear_out_weights[k].astype(dtype), [(p.block_start, p.mul) for p in members]
+        )
         mixed = None
-        for p in members:
+        for p, w in zip(members, w_out, strict=True):
             coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
             c = _diagonal_constant(coef[:, 0, :]) * scale
-            s = x_edges[:, slices[p.i_in]] * weights[:, p.radial_start : p.radial_start + p.mul]
-            w = linear_out_weights[k][:, p.block_start : p.block_start + p.mul]
-            z = s @ (w.astype(dtype) * c).T
+            z = (x_chunks[p.i_in] * w_of[p]) @ (w * c).T
             mixed = z if mixed is None else mixed + z
         assert mixed is not None
-        y = sh[:, block.l**2 : (block.l + 1) ** 2]
+        y = sh_blocks[block.l]
         m = (mixed[:, :, None] * y[:, None, :]).reshape(edges, block.mul_out * block.dim)
         columns.append(m)
-        premixed_slots[k] = (offset, m.shape[1])
-        offset += m.shape[1]
+        widths.append(m.shape[1])
+        premixed.append(k)
+    if not columns:
+        return jnp.zeros((nodes, 0), dtype)
     summed = segment_sum(
-        jnp.concatenate(columns, axis=-1) if len(columns) > 1 else plain_messages,
+        jnp.concatenate(columns, axis=-1) if len(columns) > 1 else columns[0],
         receivers,
         nodes,
         deterministic=deterministic,
     )
 
     # Node-level linear_out on the plain paths, block by block, in eqmlip's message order.
-    plain_start = 0
+    # The plain columns of a block are contiguous (paths are sorted by block).
+    groups: list[tuple[str, int]] = []  # ("plain" | "premixed", block), in column order
+    ranges = []
+    offset = 0
+    for k, block in enumerate(linear_out_blocks):
+        width = sum(p.mul for p in plain if p.block == k) * block.dim
+        if width:
+            groups.append(("plain", k))
+            ranges.append((offset, width))
+            offset += width
+    for k, width in zip(premixed, widths[len(plain) :], strict=True):
+        groups.append(("premixed", k))
+        ranges.append((offset, width))
+        offset += width
+    pieces = dict(zip(groups, split_columns(summed, ranges), strict=True))
     outs = []
     for k, block in enumerate(linear_out_blocks):
         members = [p for p in plain if p.block == k]
         y = None
         if members:
-            width = sum(p.mul for p in members) * block.dim
-            chunk = summed[:, plain_start : plain_start + width]
-            plain_start += width
+            chunk = pieces[("plain", k)]
             cols = np.concatenate(
                 [np.arange(p.block_start, p.block_start + p.mul) for p in members]
             )
@@ -365,9 +415,8 @@ def interaction(
             w = w * block_scale(block.mul_in)
             y = _mix(chunk.reshape(nodes, len(cols), block.dim), w)
             y = y.reshape(nodes, block.mul_out * block.dim)
-        if k in premixed_slots:
-            start, width = premixed_slots[k]
-            pre = summed[:, start : start + width]
+        if ("premixed", k) in pieces:
+            pre = pieces[("premixed", k)]
             y = pre if y is None else y + pre
         assert y is not None
         outs.append(y)
