@@ -183,6 +183,26 @@ def radial_mlp(
     return x
 
 
+def radial_mlp_columns(
+    radial: Float[Array, "edges num_rbf"],
+    kernels: Sequence[Float[Array, "_ _"]],
+    act: Callable[[jax.Array], jax.Array],
+    ranges: Sequence[tuple[int, int]],
+) -> list[Float[Array, "edges _"]]:
+    """`[radial_mlp(...)[:, start : start + width] for start, width in ranges]`, the last layer
+    one matmul per range on those columns of its kernel.
+
+    The outputs are read range by range (one convolution path each); taking the columns of the
+    small kernel rather than of the `(edges, out)` output spares the edge-sized concatenation
+    that the output's cotangent would need, for the same multiply-adds.
+    """
+    x = radial
+    for kernel in kernels[:-1]:
+        x = act(jax.lax.dot_general(x, kernel.astype(x.dtype), (((1,), (0,)), ((), ()))))
+    columns = split_columns(kernels[-1].astype(x.dtype), ranges)
+    return [jax.lax.dot_general(x, k, (((1,), (0,)), ((), ()))) for k in columns]
+
+
 @functools.lru_cache(maxsize=256)
 def _path_coefficients(l0: int, l1: int, l2: int, avg_num_neighbors: float) -> np.ndarray:
     """`C^{l0 l1 l2} sqrt(2 l0 + 1) / avg_num_neighbors`, float64, shape `(2l0+1, 2l1+1, 2l2+1)`."""
@@ -198,22 +218,33 @@ def _diagonal_constant(matrix: np.ndarray) -> float:
 
 
 def _path_inputs(
-    x_edges: Float[Array, "edges dim_in"],
+    x: Float[Array, "rows dim_in"],
     sh: Float[Array, "edges sh_dim"],
-    weights: Float[Array, "edges num_weights"],
+    weights: Float[Array, "edges num_weights"] | Sequence[Float[Array, "edges _"]],
     irreps_in: e3nn.Irreps,
     paths: Sequence[ConvPath],
+    senders: Int[Array, " edges"] | None = None,
 ) -> tuple[dict[int, Array], dict[int, Array], list[Array]]:
     """`(x chunks by input entry, Y^l by l, radial weights by path)`: the columns the paths
-    read, each array cut by one split (see [`eqmlip.ops.columns.split_columns`][])."""
+    read, each array cut by one split (see [`eqmlip.ops.columns.split_columns`][]).
+
+    With `senders`, `x` holds the nodes and each chunk is gathered on the edges after the
+    split: the cotangent is then a scatter-add per chunk into node-sized arrays rather than
+    an edge-sized concatenation. `weights` may already be the per-path pieces.
+    """
     slices = irreps_in.slices()
     entries = sorted({p.i_in for p in paths})
     x_chunks = split_columns(
-        x_edges, [(slices[i].start, slices[i].stop - slices[i].start) for i in entries]
+        x, [(slices[i].start, slices[i].stop - slices[i].start) for i in entries]
     )
+    if senders is not None:
+        x_chunks = [c[senders] for c in x_chunks]
     degrees = sorted({p.l2 for p in paths} | {p.l0 for p in paths})
     sh_blocks = split_columns(sh, [(d * d, 2 * d + 1) for d in degrees])
-    w_pieces = split_columns(weights, [(p.radial_start, p.mul) for p in paths])
+    if isinstance(weights, jax.Array):
+        w_pieces = split_columns(weights, [(p.radial_start, p.mul) for p in paths])
+    else:
+        w_pieces = list(weights)
     return (
         dict(zip(entries, x_chunks, strict=True)),
         dict(zip(degrees, sh_blocks, strict=True)),
@@ -324,7 +355,7 @@ def premixes(path: ConvPath, block: LinearBlock) -> bool:
 def interaction(
     x: Float[Array, "nodes dim_in"],
     sh: Float[Array, "edges sh_dim"],
-    weights: Float[Array, "edges num_weights"],
+    weights: Float[Array, "edges num_weights"] | Sequence[Float[Array, "edges _"]],
     senders: Int[Array, " edges"],
     receivers: Int[Array, " edges"],
     linear_out_weights: Sequence[Float[Array, "_ _"]],
@@ -356,13 +387,12 @@ def interaction(
             f"{[b.mul_in for b in linear_out_blocks]}, but the paths' message blocks have "
             f"{expected}."
         )
-    # Every edge array is cut once for all paths (one concatenation in its cotangent).
-    x_chunks, sh_blocks, w_pieces = _path_inputs(x[senders], sh, weights, irreps_in, paths)
+    # Every input is cut once for all paths (see `_path_inputs`).
+    x_chunks, sh_blocks, w_pieces = _path_inputs(x, sh, weights, irreps_in, paths, senders)
     w_of = dict(zip(paths, w_pieces, strict=True))
 
     plain = [p for p in paths if not premixes(p, linear_out_blocks[p.block])]
     columns = _messages(x_chunks, sh_blocks, [w_of[p] for p in plain], plain, avg_num_neighbors)
-    widths = [c.shape[1] for c in columns]
     premixed: list[int] = []  # blocks whose messages were mixed on the edges, in column order
     for k, block in enumerate(linear_out_blocks):
         members = [p for p in paths if p.block == k and premixes(p, block)]
@@ -382,33 +412,45 @@ def interaction(
         y = sh_blocks[block.l]
         m = _outer(mixed, y).reshape(edges, block.mul_out * block.dim)
         columns.append(m)
-        widths.append(m.shape[1])
         premixed.append(k)
     if not columns:
         return jnp.zeros((nodes, 0), dtype)
-    summed = segment_sum(
-        jnp.concatenate(columns, axis=-1) if len(columns) > 1 else columns[0],
-        receivers,
-        nodes,
-        deterministic=deterministic,
-    )
 
-    # Node-level linear_out on the plain paths, block by block, in eqmlip's message order.
-    # The plain columns of a block are contiguous (paths are sorted by block).
-    groups: list[tuple[str, int]] = []  # ("plain" | "premixed", block), in column order
-    ranges = []
-    offset = 0
-    for k, block in enumerate(linear_out_blocks):
-        width = sum(p.mul for p in plain if p.block == k) * block.dim
-        if width:
+    # The column groups summed at the receivers: the plain paths of each block (contiguous,
+    # paths are sorted by block), then the premixed blocks.
+    groups: list[tuple[str, int]] = []  # ("plain" | "premixed", block)
+    group_columns = []
+    first = 0
+    for k in range(len(linear_out_blocks)):
+        count = sum(1 for p in plain if p.block == k)
+        if count:
             groups.append(("plain", k))
+            group_columns.append(columns[first : first + count])
+            first += count
+    for k, m in zip(premixed, columns[len(plain) :], strict=True):
+        groups.append(("premixed", k))
+        group_columns.append([m])
+    if deterministic:
+        # One sorted scan for all columns, then one split.
+        summed = segment_sum(
+            jnp.concatenate(columns, axis=-1) if len(columns) > 1 else columns[0],
+            receivers,
+            nodes,
+            deterministic=True,
+        )
+        ranges, offset = [], 0
+        for group in group_columns:
+            width = sum(c.shape[1] for c in group)
             ranges.append((offset, width))
             offset += width
-    for k, width in zip(premixed, widths[len(plain) :], strict=True):
-        groups.append(("premixed", k))
-        ranges.append((offset, width))
-        offset += width
-    pieces = dict(zip(groups, split_columns(summed, ranges), strict=True))
+        pieces = dict(zip(groups, split_columns(summed, ranges), strict=True))
+    else:
+        # A scatter-add per path (or premixed block), joined on the nodes: no edge-sized
+        # concatenation, nor one in the cotangent.
+        pieces = {}
+        for g, group in zip(groups, group_columns, strict=True):
+            sums = [segment_sum(c, receivers, nodes) for c in group]
+            pieces[g] = jnp.concatenate(sums, axis=-1) if len(sums) > 1 else sums[0]
     outs = []
     for k, block in enumerate(linear_out_blocks):
         members = [p for p in plain if p.block == k]
