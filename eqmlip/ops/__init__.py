@@ -4,6 +4,7 @@ parameters and call these."""
 from . import (
     activation as activation,
     attention as attention,
+    columns as columns,
     conversions as conversions,
     cutoffs as cutoffs,
     gate as gate,

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._misc import irreps_entry
+from .columns import split_columns
 
 Role = Literal["scalar", "gate", "nonscalar"]
 
@@ -170,24 +171,29 @@ def gate(x: Float[Array, "*batch dim"], spec: GateSpec) -> Float[Array, "*batch 
     (irreps [`eqmlip.ops.gate.gate_irreps`][]).
     """
     batch = x.shape[:-1]
+    widths = [e.mul * (2 * e.l + 1) for e in spec.entries]
+    pieces = split_columns(x, [(e.start, w) for e, w in zip(spec.entries, widths, strict=True)])
     gate_values = [
-        _activate(x[..., e.start : e.start + e.mul], e.p, spec.even_gate, spec.odd_gate)
-        for e in spec.entries
+        _activate(piece, e.p, spec.even_gate, spec.odd_gate)
+        for e, piece in zip(spec.entries, pieces, strict=True)
         if e.role == "gate"
     ]
+    gated = [e for e in spec.entries if e.role == "nonscalar"]
+    starts = [sum(e.mul for e in gated[:i]) for i in range(len(gated))]
     gates = jnp.concatenate(gate_values, axis=-1) if gate_values else None
+    gate_pieces = (
+        iter(split_columns(gates, [(a, e.mul) for a, e in zip(starts, gated, strict=True)]))
+        if gates is not None
+        else iter(())
+    )
     outs = []
-    used = 0
-    for e in spec.entries:
+    for e, piece in zip(spec.entries, pieces, strict=True):
         if e.role == "scalar":
-            outs.append(_activate(x[..., e.start : e.start + e.mul], e.p, spec.even, spec.odd))
+            outs.append(_activate(piece, e.p, spec.even, spec.odd))
         elif e.role == "nonscalar":
-            assert gates is not None
             d = 2 * e.l + 1
-            v = x[..., e.start : e.start + e.mul * d].reshape(*batch, e.mul, d)
-            g = gates[..., used : used + e.mul, None]
-            outs.append((v * g).reshape(*batch, e.mul * d))
-            used += e.mul
+            v = piece.reshape(*batch, e.mul, d)
+            outs.append((v * next(gate_pieces)[..., None]).reshape(*batch, e.mul * d))
     if not outs:
         return jnp.zeros((*batch, 0), x.dtype)
     return jnp.concatenate(outs, axis=-1)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from .._misc import irreps_entry
+from .columns import split_columns
 from .layouts import Precision, feature_shape
 
 # "element" (0.0), "path" (1.0) or a float; checked at run time with a message naming the options.
@@ -311,6 +312,15 @@ def _mix(chunk: Float[Array, "n mul_in dim"], w: Float[Array, "mul_out mul_in"])
     return jnp.swapaxes(jnp.swapaxes(chunk, -1, -2) @ w.T, -1, -2)
 
 
+def _block_inputs(x: Float[Array, "n dim_in"], blocks: Sequence[LinearBlock]) -> list[Array]:
+    """The input columns of every block with weights on both sides, in block order, taken by
+    one split (so the cotangent of `x` is one concatenation)."""
+    return split_columns(
+        x,
+        [(b.start_in, b.mul_in * b.dim) for b in blocks if b.mul_out > 0 and b.mul_in > 0],
+    )
+
+
 def _per_block(
     x: Float[Array, "n dim_in"],
     weights: Sequence[Array],
@@ -323,6 +333,7 @@ def _per_block(
     that the input lacks gives zeros, one that the output lacks gives nothing (as e3j).
     """
     n = x.shape[0]
+    chunks = iter(_block_inputs(x, blocks))
     outs = []
     for block, w in zip(blocks, weights, strict=True):
         if block.mul_out == 0:
@@ -330,7 +341,7 @@ def _per_block(
         if block.mul_in == 0:
             outs.append(jnp.zeros((n, block.mul_out * block.dim), x.dtype))
             continue
-        chunk = x[:, block.start_in : block.start_in + block.mul_in * block.dim]
+        chunk = next(chunks)
         scaled = w.astype(x.dtype) * block_scale(block.mul_in)
         y = mix(chunk.reshape(n, block.mul_in, block.dim), scaled)
         outs.append(y.reshape(n, block.mul_out * block.dim))
@@ -374,19 +385,35 @@ def indexed_block_linear(
     """e3j's `LinearIndexwise`: row `n` uses the weights `W[index[n]]` (`(num, mul_out, mul_in)`
     per block), scaled by `1/sqrt(mul_in)`.
 
-    Computed as one matmul on the one-hot expansion `onehot(index) (x) x` against the stacked
-    weights `(num * mul_in, mul_out)`, which never materialises a weight matrix per row.
+    Computed as one matmul of the rows against every species' weights at once, the stored
+    `(num * mul_out, mul_in)` matrix used as it lies (no transposed or scaled copy of the
+    weights per call), then the row's own species picked by a one-hot sum that also carries
+    the scale. No weight matrix is materialised per row.
     """
     num = weights[0].shape[0] if len(weights) else 0
+    n = x.shape[0]
     onehot = (index[:, None] == jnp.arange(num, dtype=index.dtype)[None, :]).astype(x.dtype)
-
-    def mix(chunk: Array, w: Array) -> Array:
-        n, mul_in, dim = chunk.shape
-        stacked = jnp.swapaxes(w, 1, 2).reshape(num * mul_in, w.shape[1])
-        expanded = chunk[:, None] * onehot[:, :, None, None]
-        return _mix(expanded.reshape(n, num * mul_in, dim), stacked.T)
-
-    return _per_block(x, weights, blocks, mix)
+    chunks = iter(_block_inputs(x, blocks))
+    outs = []
+    for block, w in zip(blocks, weights, strict=True):
+        if block.mul_out == 0:
+            continue
+        if block.mul_in == 0:
+            outs.append(jnp.zeros((n, block.mul_out * block.dim), x.dtype))
+            continue
+        chunk = next(chunks).reshape(n, block.mul_in, block.dim)
+        select = onehot * block_scale(block.mul_in)  # (n, num)
+        stacked = w.astype(x.dtype).reshape(num * block.mul_out, block.mul_in)
+        if block.dim == 1:
+            y = (chunk[..., 0] @ stacked.T).reshape(n, num, block.mul_out)
+            y = jnp.sum(y * select[:, :, None], axis=1)
+        else:
+            y = (jnp.swapaxes(chunk, 1, 2) @ stacked.T).reshape(n, block.dim, num, block.mul_out)
+            y = jnp.swapaxes(jnp.sum(y * select[:, None, :, None], axis=2), 1, 2)
+        outs.append(y.reshape(n, block.mul_out * block.dim))
+    if not outs:
+        return jnp.zeros((n, 0), x.dtype)
+    return jnp.concatenate(outs, axis=-1)
 
 
 # --- e3x's Dense (`e3x.nn.Dense`, e3x feature layout) ------------------------------------------

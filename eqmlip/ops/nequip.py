@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .columns import split_columns
 from .linear import LinearBlock, _mix, block_scale
 from .segment import segment_sum
 from .so3 import sh_irreps
@@ -182,6 +183,26 @@ def radial_mlp(
     return x
 
 
+def radial_mlp_columns(
+    radial: Float[Array, "edges num_rbf"],
+    kernels: Sequence[Float[Array, "_ _"]],
+    act: Callable[[jax.Array], jax.Array],
+    ranges: Sequence[tuple[int, int]],
+) -> list[Float[Array, "edges _"]]:
+    """`[radial_mlp(...)[:, start : start + width] for start, width in ranges]`, the last layer
+    one matmul per range on those columns of its kernel.
+
+    The outputs are read range by range (one convolution path each); taking the columns of the
+    small kernel rather than of the `(edges, out)` output spares the edge-sized concatenation
+    that the output's cotangent would need, for the same multiply-adds.
+    """
+    x = radial
+    for kernel in kernels[:-1]:
+        x = act(jax.lax.dot_general(x, kernel.astype(x.dtype), (((1,), (0,)), ((), ()))))
+    columns = split_columns(kernels[-1].astype(x.dtype), ranges)
+    return [jax.lax.dot_general(x, k, (((1,), (0,)), ((), ()))) for k in columns]
+
+
 @functools.lru_cache(maxsize=256)
 def _path_coefficients(l0: int, l1: int, l2: int, avg_num_neighbors: float) -> np.ndarray:
     """`C^{l0 l1 l2} sqrt(2 l0 + 1) / avg_num_neighbors`, float64, shape `(2l0+1, 2l1+1, 2l2+1)`."""
@@ -194,6 +215,80 @@ def _diagonal_constant(matrix: np.ndarray) -> float:
     c = float(matrix[0, 0])
     assert np.allclose(matrix, c * np.eye(len(matrix)), rtol=0, atol=1e-12), matrix
     return c
+
+
+def _path_inputs(
+    x: Float[Array, "rows dim_in"],
+    sh: Float[Array, "edges sh_dim"],
+    weights: Float[Array, "edges num_weights"] | Sequence[Float[Array, "edges _"]],
+    irreps_in: e3nn.Irreps,
+    paths: Sequence[ConvPath],
+    senders: Int[Array, " edges"] | None = None,
+) -> tuple[dict[int, Array], dict[int, Array], list[Array]]:
+    """`(x chunks by input entry, Y^l by l, radial weights by path)`: the columns the paths
+    read, each array cut by one split (see [`eqmlip.ops.columns.split_columns`][]).
+
+    With `senders`, `x` holds the nodes and each chunk is gathered on the edges after the
+    split: the cotangent is then a scatter-add per chunk into node-sized arrays rather than
+    an edge-sized concatenation. `weights` may already be the per-path pieces.
+    """
+    slices = irreps_in.slices()
+    entries = sorted({p.i_in for p in paths})
+    x_chunks = split_columns(
+        x, [(slices[i].start, slices[i].stop - slices[i].start) for i in entries]
+    )
+    if senders is not None:
+        x_chunks = [c[senders] for c in x_chunks]
+    degrees = sorted({p.l2 for p in paths} | {p.l0 for p in paths})
+    sh_blocks = split_columns(sh, [(d * d, 2 * d + 1) for d in degrees])
+    if isinstance(weights, jax.Array):
+        w_pieces = split_columns(weights, [(p.radial_start, p.mul) for p in paths])
+    else:
+        w_pieces = list(weights)
+    return (
+        dict(zip(entries, x_chunks, strict=True)),
+        dict(zip(degrees, sh_blocks, strict=True)),
+        w_pieces,
+    )
+
+
+def _outer(a: Float[Array, "edges mul"], y: Float[Array, "edges d"]) -> Float[Array, "edges mul d"]:
+    """`a[:, :, None] * y[:, None, :]`, written as one product per column of `y` stacked on
+    the last axis: its transpose is then a sum of strided slices (and one reduction per column
+    of `y`) instead of XLA:CPU's much slower reduction over a last axis of 2l+1 components."""
+    columns = jax.lax.split(y, [1] * y.shape[1], axis=1)
+    return jnp.stack([a * c for c in columns], axis=-1)
+
+
+def _messages(
+    x_chunks: dict[int, Array],
+    sh_blocks: dict[int, Array],
+    w_pieces: Sequence[Array],
+    paths: Sequence[ConvPath],
+    avg_num_neighbors: float,
+) -> list[Array]:
+    """The messages of `paths` (`(edges, mul * (2 l0 + 1))` each) from pre-split inputs."""
+    outs = []
+    for p, w in zip(paths, w_pieces, strict=True):
+        d0, d1 = 2 * p.l0 + 1, 2 * p.l1 + 1
+        x = x_chunks[p.i_in]
+        edges = x.shape[0]
+        x = x.reshape(edges, p.mul, d1)
+        y = sh_blocks[p.l2]
+        coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
+        if p.l2 == 0:  # C'[a, b, 0] = c delta_ab; Y^0 = 1 is not read (its gradient is waste)
+            m = x * _diagonal_constant(coef[:, :, 0])
+        elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
+            m = _outer(x[:, :, 0], _diagonal_constant(coef[:, 0, :]) * y)
+        elif p.l0 == 0:  # C'[0, b, c] = c delta_bc: a scaled dot product over m
+            # A batched matrix-vector product: XLA:CPU runs a multiply-and-reduce over the
+            # 2l+1 components (and its transpose) several times slower.
+            m = jnp.einsum("eub,eb->eu", x, y * _diagonal_constant(coef[0]))[:, :, None]
+        else:
+            a = jnp.einsum("abc,ec->eab", jnp.asarray(coef, x.dtype), y)
+            m = jnp.einsum("eub,eab->eua", x, a)
+        outs.append((m * w[:, :, None]).reshape(edges, p.mul * d0))
+    return outs
 
 
 def tensor_product_messages(
@@ -214,28 +309,10 @@ def tensor_product_messages(
     have a diagonal `C'` and are computed as a product by one constant. `Y^0` is 1 in this
     normalisation and is not read.
     """
-    edges = x_edges.shape[0]
-    dtype = x_edges.dtype
-    slices = irreps_in.slices()
-    outs = []
-    for p in paths:
-        d0, d1 = 2 * p.l0 + 1, 2 * p.l1 + 1
-        x = x_edges[:, slices[p.i_in]].reshape(edges, p.mul, d1)
-        y = sh[:, p.l2**2 : (p.l2 + 1) ** 2]
-        coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
-        if p.l2 == 0:  # C'[a, b, 0] = c delta_ab; Y^0 = 1 is not read (its gradient is waste)
-            m = x * _diagonal_constant(coef[:, :, 0])
-        elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
-            m = x * (_diagonal_constant(coef[:, 0, :]) * y)[:, None, :]
-        elif p.l0 == 0:  # C'[0, b, c] = c delta_bc: a scaled dot product over m
-            m = jnp.sum(x * y[:, None, :], axis=-1, keepdims=True) * _diagonal_constant(coef[0])
-        else:
-            a = jnp.einsum("abc,ec->eab", jnp.asarray(coef, dtype), y)
-            m = jnp.einsum("eub,eab->eua", x, a)
-        w = weights[:, p.radial_start : p.radial_start + p.mul]
-        outs.append((m * w[:, :, None]).reshape(edges, p.mul * d0))
-    if not outs:
-        return jnp.zeros((edges, 0), dtype)
+    if not paths:
+        return jnp.zeros((x_edges.shape[0], 0), x_edges.dtype)
+    x_chunks, sh_blocks, w_pieces = _path_inputs(x_edges, sh, weights, irreps_in, paths)
+    outs = _messages(x_chunks, sh_blocks, w_pieces, paths, avg_num_neighbors)
     return jnp.concatenate(outs, axis=-1)
 
 
@@ -278,7 +355,7 @@ def premixes(path: ConvPath, block: LinearBlock) -> bool:
 def interaction(
     x: Float[Array, "nodes dim_in"],
     sh: Float[Array, "edges sh_dim"],
-    weights: Float[Array, "edges num_weights"],
+    weights: Float[Array, "edges num_weights"] | Sequence[Float[Array, "edges _"]],
     senders: Int[Array, " edges"],
     receivers: Int[Array, " edges"],
     linear_out_weights: Sequence[Float[Array, "_ _"]],
@@ -301,8 +378,6 @@ def interaction(
     """
     nodes, edges = x.shape[0], senders.shape[0]
     dtype = x.dtype
-    x_edges = x[senders]
-    slices = irreps_in.slices()
     expected = [
         sum(p.mul for p in paths if p.block == k) for k in range(len({p.block for p in paths}))
     ]
@@ -312,51 +387,76 @@ def interaction(
             f"{[b.mul_in for b in linear_out_blocks]}, but the paths' message blocks have "
             f"{expected}."
         )
+    # Every input is cut once for all paths (see `_path_inputs`).
+    x_chunks, sh_blocks, w_pieces = _path_inputs(x, sh, weights, irreps_in, paths, senders)
+    w_of = dict(zip(paths, w_pieces, strict=True))
 
     plain = [p for p in paths if not premixes(p, linear_out_blocks[p.block])]
-    plain_messages = tensor_product_messages(
-        x_edges, sh, weights, irreps_in=irreps_in, paths=plain,
-        avg_num_neighbors=avg_num_neighbors,
-    )  # fmt: skip
-    columns = [plain_messages]
-    premixed_slots: dict[int, tuple[int, int]] = {}  # block -> (start, width) in `columns`
-    offset = plain_messages.shape[1]
+    columns = _messages(x_chunks, sh_blocks, [w_of[p] for p in plain], plain, avg_num_neighbors)
+    premixed: list[int] = []  # blocks whose messages were mixed on the edges, in column order
     for k, block in enumerate(linear_out_blocks):
         members = [p for p in paths if p.block == k and premixes(p, block)]
         if not members:
             continue
         scale = block_scale(block.mul_in)
+        w_out = split_columns(
+            linear_out_weights[k].astype(dtype), [(p.block_start, p.mul) for p in members]
+        )
         mixed = None
-        for p in members:
+        for p, w in zip(members, w_out, strict=True):
             coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
             c = _diagonal_constant(coef[:, 0, :]) * scale
-            s = x_edges[:, slices[p.i_in]] * weights[:, p.radial_start : p.radial_start + p.mul]
-            w = linear_out_weights[k][:, p.block_start : p.block_start + p.mul]
-            z = s @ (w.astype(dtype) * c).T
+            z = (x_chunks[p.i_in] * w_of[p]) @ (w * c).T
             mixed = z if mixed is None else mixed + z
         assert mixed is not None
-        y = sh[:, block.l**2 : (block.l + 1) ** 2]
-        m = (mixed[:, :, None] * y[:, None, :]).reshape(edges, block.mul_out * block.dim)
+        y = sh_blocks[block.l]
+        m = _outer(mixed, y).reshape(edges, block.mul_out * block.dim)
         columns.append(m)
-        premixed_slots[k] = (offset, m.shape[1])
-        offset += m.shape[1]
-    summed = segment_sum(
-        jnp.concatenate(columns, axis=-1) if len(columns) > 1 else plain_messages,
-        receivers,
-        nodes,
-        deterministic=deterministic,
-    )
+        premixed.append(k)
+    if not columns:
+        return jnp.zeros((nodes, 0), dtype)
 
-    # Node-level linear_out on the plain paths, block by block, in eqmlip's message order.
-    plain_start = 0
+    # The column groups summed at the receivers: the plain paths of each block (contiguous,
+    # paths are sorted by block), then the premixed blocks.
+    groups: list[tuple[str, int]] = []  # ("plain" | "premixed", block)
+    group_columns = []
+    first = 0
+    for k in range(len(linear_out_blocks)):
+        count = sum(1 for p in plain if p.block == k)
+        if count:
+            groups.append(("plain", k))
+            group_columns.append(columns[first : first + count])
+            first += count
+    for k, m in zip(premixed, columns[len(plain) :], strict=True):
+        groups.append(("premixed", k))
+        group_columns.append([m])
+    if deterministic:
+        # One sorted scan for all columns, then one split.
+        summed = segment_sum(
+            jnp.concatenate(columns, axis=-1) if len(columns) > 1 else columns[0],
+            receivers,
+            nodes,
+            deterministic=True,
+        )
+        ranges, offset = [], 0
+        for group in group_columns:
+            width = sum(c.shape[1] for c in group)
+            ranges.append((offset, width))
+            offset += width
+        pieces = dict(zip(groups, split_columns(summed, ranges), strict=True))
+    else:
+        # A scatter-add per path (or premixed block), joined on the nodes: no edge-sized
+        # concatenation, nor one in the cotangent.
+        pieces = {}
+        for g, group in zip(groups, group_columns, strict=True):
+            sums = [segment_sum(c, receivers, nodes) for c in group]
+            pieces[g] = jnp.concatenate(sums, axis=-1) if len(sums) > 1 else sums[0]
     outs = []
     for k, block in enumerate(linear_out_blocks):
         members = [p for p in plain if p.block == k]
         y = None
         if members:
-            width = sum(p.mul for p in members) * block.dim
-            chunk = summed[:, plain_start : plain_start + width]
-            plain_start += width
+            chunk = pieces[("plain", k)]
             cols = np.concatenate(
                 [np.arange(p.block_start, p.block_start + p.mul) for p in members]
             )
@@ -365,9 +465,8 @@ def interaction(
             w = w * block_scale(block.mul_in)
             y = _mix(chunk.reshape(nodes, len(cols), block.dim), w)
             y = y.reshape(nodes, block.mul_out * block.dim)
-        if k in premixed_slots:
-            start, width = premixed_slots[k]
-            pre = summed[:, start : start + width]
+        if ("premixed", k) in pieces:
+            pre = pieces[("premixed", k)]
             y = pre if y is None else y + pre
         assert y is not None
         outs.append(y)

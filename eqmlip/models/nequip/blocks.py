@@ -22,7 +22,7 @@ from ...ops.nequip import (
     ConvPath,
     convolution_paths,
     interaction,
-    radial_mlp,
+    radial_mlp_columns,
     split_target_irreps,
 )
 from ...ops.radial import radial_embedding
@@ -509,7 +509,12 @@ class NequipLayer(eqx.Module):
         radial = radial_embedding.astype(dtype)
         sh = spherical_harmonics.astype(dtype)
 
-        weights = radial_mlp(radial, self.radial_kernels, activation(self.radial_mlp_activation))
+        weights = radial_mlp_columns(
+            radial,
+            self.radial_kernels,
+            activation(self.radial_mlp_activation),
+            [(p.radial_start, p.mul) for p in self.paths],
+        )
         h = block_linear(x, self.linear_in_weights, self.linear_in_blocks)
         out = interaction(
             h,
