@@ -325,12 +325,12 @@ def _per_block(
     x: Float[Array, "n dim_in"],
     weights: Sequence[Array],
     blocks: Sequence[LinearBlock],
-    mix: Callable[[Array, Array], Array],
+    mix: Callable[[Array, LinearBlock, Array], Array],
 ) -> Float[Array, "n dim_out"]:
-    """`mix(chunk, scaled weight)` block by block, concatenated in block order.
+    """`mix(chunk, block, weight)` block by block, concatenated in block order.
 
-    `chunk` is `(n, mul_in, 2l+1)` and the weight is scaled by `block_scale(mul_in)`; a block
-    that the input lacks gives zeros, one that the output lacks gives nothing (as e3j).
+    `chunk` is `(n, mul_in, 2l+1)` and `mix` returns `(n, mul_out, 2l+1)`; a block that the
+    input lacks gives zeros, one that the output lacks gives nothing (as e3j).
     """
     n = x.shape[0]
     chunks = iter(_block_inputs(x, blocks))
@@ -341,9 +341,7 @@ def _per_block(
         if block.mul_in == 0:
             outs.append(jnp.zeros((n, block.mul_out * block.dim), x.dtype))
             continue
-        chunk = next(chunks)
-        scaled = w.astype(x.dtype) * block_scale(block.mul_in)
-        y = mix(chunk.reshape(n, block.mul_in, block.dim), scaled)
+        y = mix(next(chunks).reshape(n, block.mul_in, block.dim), block, w)
         outs.append(y.reshape(n, block.mul_out * block.dim))
     if not outs:
         return jnp.zeros((n, 0), x.dtype)
@@ -373,7 +371,12 @@ def block_linear(
     contracted last (a plain matrix product for scalars), which saves transposes in NequIP's
     layers and agrees with e3j to rounding.
     """
-    return _per_block(x, weights, blocks, _e3j_mix if e3j_order else _mix)
+    mix = _e3j_mix if e3j_order else _mix
+
+    def scaled_mix(chunk: Array, block: LinearBlock, w: Array) -> Array:
+        return mix(chunk, w.astype(x.dtype) * block_scale(block.mul_in))
+
+    return _per_block(x, weights, blocks, scaled_mix)
 
 
 def indexed_block_linear(
@@ -393,27 +396,17 @@ def indexed_block_linear(
     num = weights[0].shape[0] if len(weights) else 0
     n = x.shape[0]
     onehot = (index[:, None] == jnp.arange(num, dtype=index.dtype)[None, :]).astype(x.dtype)
-    chunks = iter(_block_inputs(x, blocks))
-    outs = []
-    for block, w in zip(blocks, weights, strict=True):
-        if block.mul_out == 0:
-            continue
-        if block.mul_in == 0:
-            outs.append(jnp.zeros((n, block.mul_out * block.dim), x.dtype))
-            continue
-        chunk = next(chunks).reshape(n, block.mul_in, block.dim)
+
+    def species_mix(chunk: Array, block: LinearBlock, w: Array) -> Array:
         select = onehot * block_scale(block.mul_in)  # (n, num)
         stacked = w.astype(x.dtype).reshape(num * block.mul_out, block.mul_in)
         if block.dim == 1:
             y = (chunk[..., 0] @ stacked.T).reshape(n, num, block.mul_out)
-            y = jnp.sum(y * select[:, :, None], axis=1)
-        else:
-            y = (jnp.swapaxes(chunk, 1, 2) @ stacked.T).reshape(n, block.dim, num, block.mul_out)
-            y = jnp.swapaxes(jnp.sum(y * select[:, None, :, None], axis=2), 1, 2)
-        outs.append(y.reshape(n, block.mul_out * block.dim))
-    if not outs:
-        return jnp.zeros((n, 0), x.dtype)
-    return jnp.concatenate(outs, axis=-1)
+            return jnp.sum(y * select[:, :, None], axis=1)[..., None]
+        y = (jnp.swapaxes(chunk, 1, 2) @ stacked.T).reshape(n, block.dim, num, block.mul_out)
+        return jnp.swapaxes(jnp.sum(y * select[:, None, :, None], axis=2), 1, 2)
+
+    return _per_block(x, weights, blocks, species_mix)
 
 
 # --- e3x's Dense (`e3x.nn.Dense`, e3x feature layout) ------------------------------------------

@@ -3,8 +3,6 @@ path (e3j symmetric contraction, `TRAILING_CHANNELS`, `ForceField` predictor) on
 and periodic crystals (one of them triclinic), padded batches."""
 
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -12,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from mlip.data.dataset_info import DatasetInfo
-from mlip.models import ForceField, Mace as MlipMace
-from mlip.models.force_field import get_dummy_graph_for_model_init
+from mlip.models import Mace as MlipMace
 from mlip.models.mace.config import MaceConfig as MlipMaceConfig
 from mlip.typing.properties import Properties
 
@@ -26,13 +23,18 @@ from .test_nequip_parity import (
     CUTOFF,
     E0,
     E0_OTHER,
+    FAST_JIT,
     LONG_RANGE_CUTOFF,
+    BuiltCase,
     _arr,
     _crystals,
     _eqmlip_batch,
     _mlip_batch,
     _molecules,
     _tolerances,
+    build_case,
+    case_dataset_info,
+    random_force_field,
 )
 
 pytestmark = pytest.mark.parity
@@ -43,30 +45,15 @@ SMALL = dict(num_channels=4, radial_mlp_hidden=[8, 8])
 
 
 def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed: int):
-    """mlip's `ForceField` with random float64 parameters of the right shapes (`eval_shape`,
-    then `N(0, 1)` draws, as mlip's own initialisers for MACE: its radial MLPs scale by
-    `1/sqrt(fan_in)` at run time; the joint embedding's plain Dense kernel gets
-    `1/sqrt(fan_in)`). The draws are NumPy's: `jax.random.normal` compiles once per leaf
-    shape (about half of this function's time otherwise)."""
-    network = MlipMace(config, dataset_info)
-    ForceField.validate_properties(properties, network.available_properties)
-    predictor = ForceField.get_predictor_class(properties, network.config)(
-        mlip_network=network,
-        required_properties=properties,
-        energy_head=ForceField.get_energy_head(network.config, properties, network),
+    """A MACE `ForceField` from `random_force_field`: mlip's own initialisers draw `N(0, 1)`
+    (its radial MLPs scale by `1/sqrt(fan_in)` at run time); only the joint embedding's plain
+    Dense kernel gets `1/sqrt(fan_in)`."""
+    return random_force_field(
+        MlipMace(config, dataset_info),
+        properties,
+        seed,
+        lambda path, name: name == "kernel" and "joint_embedding_projection" in path,
     )
-    # The network's own init (no forces) traces in about half the time of the predictor's.
-    shapes = jax.eval_shape(network.init, jax.random.key(0), get_dummy_graph_for_model_init())
-    shapes = {"params": {"mlip_network": shapes["params"]}}
-    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    rng = np.random.default_rng(seed)
-    leaves = []
-    for path, leaf in flat:
-        name = str(getattr(path[-1], "key", path[-1]))
-        dense = name == "kernel" and "joint_embedding_projection" in str(path)
-        scale = 1.0 / np.sqrt(leaf.shape[0]) if dense else 1.0
-        leaves.append(scale * rng.standard_normal(leaf.shape))
-    return ForceField(predictor=predictor, params=jax.tree.unflatten(treedef, leaves))
 
 
 # (id, mlip config arguments, two datasets, total charges, long-range graph, avg_r_min,
@@ -85,51 +72,22 @@ PARAMS = [
 ]
 
 
-# Both networks are compiled without LLVM's optimisations (about 2.5x less compile time for
-# these run-once programs); XLA's own passes still run, so the numbers differ from an optimised
-# build by rounding only.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0}
-# Passed on to `jax.jit` by `eqx.filter_jit` (which does not type its extra keywords).
-_FAST_JIT: dict[str, Any] = {"compiler_options": _FAST_COMPILE}
+_built: dict[str, BuiltCase] = {}
 
 
-class _Built(NamedTuple):
-    config: MlipMaceConfig
-    dataset_info: DatasetInfo
-    force_field: ForceField
-    apply: Callable  # the predictor's apply, jitted (traced once per precision)
-
-
-_built: dict[str, _Built] = {}
-
-
-def _build(name: str) -> _Built:
+def _build(name: str) -> BuiltCase:
     """A case's mlip model, built once and shared by its precisions (and by the `from_mlip`
     test)."""
     if name not in _built:
         config_kwargs, two_datasets, total_charges, long_range, avg_r_min, _ = CASES[name]
-        dataset_info = DatasetInfo(
-            atomic_energies_map=[E0, E0_OTHER] if two_datasets else E0,
-            dataset_name=["a", "b"] if two_datasets else None,
-            graph_cutoff_angstrom=CUTOFF,
-            avg_num_neighbors=9.3,
-            avg_r_min_angstrom=avg_r_min,
-            total_charge_set=total_charges,
-            long_range_cutoff_angstrom=LONG_RANGE_CUTOFF if long_range else None,
+        dataset_info = case_dataset_info(
+            two_datasets, total_charges, long_range, avg_r_min_angstrom=avg_r_min
         )
-        config = MlipMaceConfig(**config_kwargs)
-        properties = Properties(stress=True, partial_charges=config.predict_partial_charges)
-        force_field = _force_field(config, dataset_info, properties, seed=1)
-        _built[name] = _Built(
-            config,
-            dataset_info,
-            force_field,
-            jax.jit(force_field.predictor.apply, compiler_options=_FAST_COMPILE),
-        )
+        _built[name] = build_case(MlipMaceConfig(**config_kwargs), dataset_info, _force_field)
     return _built[name]
 
 
-_predict = eqx.filter_jit(predict, **_FAST_JIT)
+_predict = eqx.filter_jit(predict, **FAST_JIT)
 
 
 @pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")

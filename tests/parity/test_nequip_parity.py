@@ -68,18 +68,20 @@ def _crystals():
     return [si, cu]
 
 
-def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed: int):
+def random_force_field(
+    network, properties: Properties, seed: int, fan_in_scaled: Callable[[str, str], bool]
+) -> ForceField:
     """mlip's `ForceField.from_mlip_network`, with random float64 parameters of the right shapes.
 
     Flax's own `init` traces and runs the whole network eagerly (about a minute for a small
     NequIP here); `eval_shape` of the network's init gives the parameter tree for a fraction
     of that (the predictor's init gives the same tree, but differentiates the network for
     forces: a longer trace). Weights are drawn afresh (no special initial values survive):
-    e3j's weights, normalised at run time, as `N(0, 1)`, Flax kernels with `1/sqrt(fan_in)`.
-    NumPy draws them: `jax.random.normal` compiles once per leaf shape (tens of seconds for
-    the 3-layer network).
+    e3j's weights, normalised at run time, as `N(0, 1)`; the leaves for which
+    `fan_in_scaled(path, name)` holds (plain Flax kernels) with `1/sqrt(fan_in)`. NumPy draws
+    them: `jax.random.normal` compiles once per leaf shape (tens of seconds for the 3-layer
+    network).
     """
-    network = MlipNequip(config, dataset_info)
     ForceField.validate_properties(properties, network.available_properties)
     predictor = ForceField.get_predictor_class(properties, network.config)(
         mlip_network=network,
@@ -94,9 +96,15 @@ def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed
     leaves = []
     for path, leaf in flat:
         name = str(getattr(path[-1], "key", path[-1]))
-        scale = 1.0 / np.sqrt(leaf.shape[0]) if name == "kernel" else 1.0
+        scale = 1.0 / np.sqrt(leaf.shape[0]) if fan_in_scaled(str(path), name) else 1.0
         leaves.append(scale * rng.standard_normal(leaf.shape))
     return ForceField(predictor=predictor, params=jax.tree.unflatten(treedef, leaves))
+
+
+def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed: int):
+    """A NequIP `ForceField` from `random_force_field` (every Flax kernel fan-in scaled)."""
+    network = MlipNequip(config, dataset_info)
+    return random_force_field(network, properties, seed, lambda _, name: name == "kernel")
 
 
 def _mlip_batch(structures, dataset_info, dataset_idx, charges):
@@ -167,42 +175,58 @@ PARAMS = [
 # Both networks are compiled without LLVM's optimisations (several times less compile time for
 # these run-once programs); XLA's own passes still run, so the numbers differ from an optimised
 # build by rounding only.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 # Passed on to `jax.jit` by `eqx.filter_jit` (which does not type its extra keywords).
-_FAST_JIT: dict[str, Any] = {"compiler_options": _FAST_COMPILE}
+FAST_JIT: dict[str, Any] = {"compiler_options": FAST_COMPILE}
 
 
-class _Built(NamedTuple):
-    config: MlipNequipConfig
+class BuiltCase(NamedTuple):
+    config: Any  # mlip's config of the model
     dataset_info: DatasetInfo
     force_field: ForceField
     apply: Callable  # the predictor's apply, jitted (traced once per precision)
 
 
-_built: dict[str, _Built] = {}
+def case_dataset_info(
+    two_datasets: bool, total_charges: set[int] | None, long_range: bool, **extra: Any
+) -> DatasetInfo:
+    """The `DatasetInfo` of a whole-model parity case (one or two heads' E0s, charges, the
+    long-range cutoff)."""
+    return DatasetInfo(
+        atomic_energies_map=[E0, E0_OTHER] if two_datasets else E0,
+        dataset_name=["a", "b"] if two_datasets else None,
+        graph_cutoff_angstrom=CUTOFF,
+        avg_num_neighbors=9.3,
+        total_charge_set=total_charges,
+        long_range_cutoff_angstrom=LONG_RANGE_CUTOFF if long_range else None,
+        **extra,
+    )
 
 
-def _build(name: str) -> _Built:
+def build_case(
+    config, dataset_info: DatasetInfo, make_force_field: Callable[..., ForceField]
+) -> BuiltCase:
+    """A case's mlip force field (seed 1, stress and the charges the config predicts) and its
+    jitted apply."""
+    properties = Properties(stress=True, partial_charges=config.predict_partial_charges)
+    force_field = make_force_field(config, dataset_info, properties, seed=1)
+    apply = jax.jit(force_field.predictor.apply, compiler_options=FAST_COMPILE)
+    return BuiltCase(config, dataset_info, force_field, apply)
+
+
+_built: dict[str, BuiltCase] = {}
+
+
+def _build(name: str) -> BuiltCase:
     """A case's mlip model, built once and shared by its precisions."""
     if name not in _built:
         config_kwargs, two_datasets, total_charges, long_range, _ = CASES[name]
-        dataset_info = DatasetInfo(
-            atomic_energies_map=[E0, E0_OTHER] if two_datasets else E0,
-            dataset_name=["a", "b"] if two_datasets else None,
-            graph_cutoff_angstrom=CUTOFF,
-            avg_num_neighbors=9.3,
-            total_charge_set=total_charges,
-            long_range_cutoff_angstrom=LONG_RANGE_CUTOFF if long_range else None,
-        )
-        config = MlipNequipConfig(**config_kwargs)
-        properties = Properties(stress=True, partial_charges=config.predict_partial_charges)
-        force_field = _force_field(config, dataset_info, properties, seed=1)
-        apply = jax.jit(force_field.predictor.apply, compiler_options=_FAST_COMPILE)
-        _built[name] = _Built(config, dataset_info, force_field, apply)
+        dataset_info = case_dataset_info(two_datasets, total_charges, long_range)
+        _built[name] = build_case(MlipNequipConfig(**config_kwargs), dataset_info, _force_field)
     return _built[name]
 
 
-_predict = eqx.filter_jit(predict, **_FAST_JIT)
+_predict = eqx.filter_jit(predict, **FAST_JIT)
 
 
 @pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")
