@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 
@@ -42,3 +43,16 @@ def split_columns(
         parts = pieces[first:last]
         out.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1))
     return out
+
+
+def split_sizes(
+    x: Float[Array, "*batch dim"], sizes: Sequence[int]
+) -> list[Float[Array, "*batch _"]]:
+    """The last axis cut into consecutive pieces of `sizes` (which sum to it), as one split."""
+    if sum(sizes) != x.shape[-1]:
+        raise ValueError(
+            f"split_sizes: sizes {list(sizes)} sum to {sum(sizes)}, expected the last axis "
+            f"({x.shape[-1]})."
+        )
+    starts = np.cumsum([0, *sizes[:-1]]).tolist()
+    return split_columns(x, list(zip(starts, sizes, strict=True)))

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .columns import split_sizes
 from .cutoffs import ENVELOPE_FUNCTIONS
 from .nequip import irreps_from
 
@@ -169,14 +170,6 @@ def _cg(l0: int, l1: int, l2: int) -> np.ndarray:
 # fast where one operation per coefficient does not.
 
 
-def _split(x: Array, sizes: Sequence[int], axis: int) -> list[Array]:
-    """`x` cut into consecutive pieces along `axis` (`lax.split`: its transpose is a
-    concatenation, where a slice's is a padded copy)."""
-    if len(sizes) == 1:
-        return [x]
-    return list(jnp.split(x, np.cumsum(sizes)[:-1].tolist(), axis=axis))
-
-
 def _outer(x: Float[Array, "batch m"], y: Float[Array, "batch n"]) -> Float[Array, "batch m n"]:
     """`x[r, i] y[r, j]` per row `r`, as a batched dot product (not a broadcast)."""
     return jax.lax.dot_general(x[:, :, None], y[:, None, :], (((2,), (1,)), ((0,), (0,))))
@@ -219,7 +212,7 @@ def power_step(
             t = t.reshape(batch, m1, d1, m2, d2).transpose(0, 1, 3, 2, 4)
         z = t.reshape(batch * m1 * m2, d1 * d2) @ jnp.asarray(_cg_matrix(paths), t.dtype)
         z = z.reshape(batch, m1 * m2, -1)
-        for p, zp in zip(paths, _split(z, [2 * p.l0 + 1 for p in paths], 2), strict=True):
+        for p, zp in zip(paths, split_sizes(z, [2 * p.l0 + 1 for p in paths]), strict=True):
             pieces[p.block].append((p.start, zp))
     out = []
     for ps in pieces:
@@ -243,7 +236,7 @@ def _folded_last_step(
     paths = sorted((p for p in step.paths if p.block == block), key=lambda p: p.start)
     d0 = [ir.dim for _, ir in step.irreps_out][block]
     batch = w.shape[0]
-    ws = _split(w, [p.mul_lhs * p.mul_rhs for p in paths], 1)
+    ws = split_sizes(w, [p.mul_lhs * p.mul_rhs for p in paths])
     groups: dict[tuple[int, int], tuple[list[np.ndarray], list[Array]]] = {}
     for p, wp in zip(paths, ws, strict=True):
         wp = wp.reshape(batch, p.mul_lhs, p.mul_rhs)
@@ -302,7 +295,7 @@ def symmetric_contraction(
     sizes = [mul * ir.dim for mul, ir in irreps_in]
     source = [
         c.reshape(batch, mul, ir.dim)
-        for c, (mul, ir) in zip(_split(flat, sizes, 1), irreps_in, strict=True)
+        for c, (mul, ir) in zip(split_sizes(flat, sizes), irreps_in, strict=True)
     ]
     powers = [source]
     for step in plan.steps[:-1]:
@@ -314,7 +307,7 @@ def symmetric_contraction(
             outs.append(jnp.zeros((batch, ir.dim), x.dtype))
             continue
         w_nodes = w.astype(x.dtype)[species].reshape(batch, mul_in)
-        w_feeds = _split(w_nodes, [[m for m, _ in plan.powers[nu]][i] for nu, i in feeds], 1)
+        w_feeds = split_sizes(w_nodes, [[m for m, _ in plan.powers[nu]][i] for nu, i in feeds])
         acc = None
         for (nu, i), wk in zip(feeds, w_feeds, strict=True):
             if nu == last and last > 0:

@@ -51,3 +51,12 @@ def test_radial_mlp_columns_equals_the_full_mlp_sliced():
     pieces = ops.nequip.radial_mlp_columns(radial, kernels, jax.nn.silu, ranges)
     for (start, width), piece in zip(ranges, pieces, strict=True):
         np.testing.assert_allclose(piece, full[:, start : start + width], rtol=1e-6, atol=1e-6)
+
+
+def test_split_sizes_tiles_the_last_axis_and_checks_the_sizes():
+    x = jnp.arange(24.0).reshape(2, 12)
+    pieces = ops.columns.split_sizes(x, [3, 5, 4])
+    assert [p.shape for p in pieces] == [(2, 3), (2, 5), (2, 4)]
+    assert np.array_equal(np.concatenate(pieces, axis=-1), np.asarray(x))
+    with pytest.raises(ValueError, match=r"sum to 11, expected the last axis \(12\)"):
+        ops.columns.split_sizes(x, [3, 5, 3])
