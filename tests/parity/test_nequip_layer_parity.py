@@ -18,6 +18,7 @@ from eqmlip.models.nequip import NequipEmbeddingBlock, NequipLayer
 from eqmlip.ops.nequip import SCALAR
 
 from ..helpers import relative_error
+from .test_nequip_parity import FAST_COMPILE, FAST_JIT
 
 pytestmark = pytest.mark.parity
 
@@ -36,6 +37,25 @@ def _mlip_graph(name: str) -> MlipGraph:
     graph = MlipGraph.from_chemical_system(system, CUTOFF)
     species = np.searchsorted(np.asarray(SPECIES), atoms.numbers).astype(np.int32)
     return graph.update_node_features(species=jnp.asarray(species))
+
+
+def _random_variables(module, graph: MlipGraph, seed: int) -> dict:
+    """`module`'s variables with `init`'s shapes and fresh random values.
+
+    As in the whole-model parity tests: `eval_shape` of `init` gives the tree without compiling
+    mlip's initialisers; e3j/e3nn weights (normalised at run time) are drawn as `N(0, 1)`, plain
+    Flax kernels with `1/sqrt(fan_in)`.
+    """
+    shapes = jax.eval_shape(module.init, K(0), graph)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    rng = np.random.default_rng(seed)
+    leaves = []
+    for path, leaf in flat:
+        scale = (
+            1.0 / np.sqrt(leaf.shape[0]) if str(getattr(path[-1], "key", "")) == "kernel" else 1.0
+        )
+        leaves.append((scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype))
+    return jax.tree.unflatten(treedef, leaves)
 
 
 # (id, x64, target irreps, l_max, layers, eqmlip/mlip keyword arguments). Compiling mlip's
@@ -78,7 +98,8 @@ def _check_embedding_and_layers(target, l_max, num_layers, kwargs):
         radial_envelope=RadialEnvelope(envelope),
         activation_fn=None,
     )
-    graph, variables = jax.jit(mlip_embed.init_with_output)(K(0), graph)
+    variables = _random_variables(mlip_embed, graph, seed=0)
+    graph = jax.jit(mlip_embed.apply, compiler_options=FAST_COMPILE)(variables, graph)
     # Built abstractly (no sampling to compile): every parameter comes from mlip.
     embed = eqx.filter_eval_shape(
         NequipEmbeddingBlock,
@@ -94,7 +115,7 @@ def _check_embedding_and_layers(target, l_max, num_layers, kwargs):
 
     species = jnp.asarray(graph.nodes.features["species"])
     senders, receivers = jnp.asarray(graph.senders), jnp.asarray(graph.receivers)
-    h, radial, sh = eqx.filter_jit(embed)(species, jnp.asarray(graph.edge_vectors()))
+    h, radial, sh = eqx.filter_jit(embed, **FAST_JIT)(species, jnp.asarray(graph.edge_vectors()))
     assert h.irreps == graph.nodes.features["embedding"].irreps
     assert h.dtype == radial.dtype == sh.dtype == dtype
     assert relative_error(h.array, graph.nodes.features["embedding"].array) <= _tolerance(dtype)
@@ -126,7 +147,8 @@ def _check_embedding_and_layers(target, l_max, num_layers, kwargs):
             radial_mlp_variance_scale=4.0,
             avg_num_neighbors=avg,
         )
-        graph, variables = jax.jit(mlip_layer.init_with_output)(K(10 + i), graph)
+        variables = _random_variables(mlip_layer, graph, seed=10 + i)
+        graph = jax.jit(mlip_layer.apply, compiler_options=FAST_COMPILE)(variables, graph)
         expected = graph.nodes.features["latent"]
         for scalars_only in (False, True):
             layer = eqx.filter_eval_shape(
@@ -145,7 +167,7 @@ def _check_embedding_and_layers(target, l_max, num_layers, kwargs):
                 key=K(2),
             )
             layer = nequip_layer_from_mlip(layer, variables["params"])
-            out = eqx.filter_jit(layer)(x, species, radial, sh, senders, receivers)
+            out = eqx.filter_jit(layer, **FAST_JIT)(x, species, radial, sh, senders, receivers)
             assert out.dtype == dtype
             if scalars_only:
                 n = expected.irreps.count(SCALAR)
@@ -166,7 +188,7 @@ def test_layer_loader_refuses_mismatched_parameters():
         num_species=3, num_charges=None, target_irreps="4x0e+2x1o", l_max=1, num_rbf=8,
         r_max=CUTOFF, avg_r_min=None, radial_envelope=RadialEnvelope.POLYNOMIAL, activation_fn=None,
     )  # fmt: skip
-    graph = jax.jit(mlip_embed.apply)(jax.jit(mlip_embed.init)(K(0), graph), graph)
+    graph = jax.jit(mlip_embed.apply)(_random_variables(mlip_embed, graph, seed=0), graph)
     mlip_layer = MlipLayer(
         target_irreps=e3nn.Irreps("4x0e+2x1o"), source_node_irreps=e3nn.Irreps("4x0e"), l_max=1,
         num_species=3, num_rbf=8, use_residual_connection=True,
@@ -174,7 +196,7 @@ def test_layer_loader_refuses_mismatched_parameters():
         radial_mlp_activation=Activation.SWISH, radial_mlp_hidden=[8], radial_mlp_variance_scale=4.0,
         avg_num_neighbors=3.0,
     )  # fmt: skip
-    params = jax.tree.map(np.asarray, jax.jit(mlip_layer.init)(K(1), graph)["params"])
+    params = _random_variables(mlip_layer, graph, seed=1)["params"]
     layer = NequipLayer(
         "4x0e", "4x0e+2x1o", l_max=1, num_species=3, num_rbf=8, avg_num_neighbors=3.0,
         radial_mlp_hidden=[8], key=K(2),
