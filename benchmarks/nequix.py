@@ -150,8 +150,7 @@ def _rotation(seed: int) -> np.ndarray:
 
 def _check(name: str, library: str, energy_forces: Any, atoms: ase.Atoms) -> dict[str, float]:
     """Energies finite, forces = -dE/dx (central difference along the forces), and
-    E(R x) = E(x), F(R x) = R F(x). `energy_forces(atoms)` -> (E, F[:n])."""
-    n = len(atoms)
+    E(R x) = E(x), F(R x) = R F(x). `energy_forces(atoms)` -> (E, forces of the real atoms)."""
     e, f = energy_forces(atoms)
     if not (np.isfinite(e) and np.all(np.isfinite(f))):
         raise SystemExit(f"{name}/{library}: non-finite energy or forces")
