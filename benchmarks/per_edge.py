@@ -9,7 +9,8 @@ sum to zero), compiled (timed separately) and its memory estimated by XLA
 `--max-gib` is skipped with the reason printed. The timed steps then run in `--rounds`
 interleaved rounds over the sizes (each round runs every size `--repeats` times), so a change
 of load moves all sizes alike. Reports the median step and time per edge of each size and the
-max/min ratio of the time per edge (the goal: flat within 1.3x).
+max/min ratio of the time per edge (the goal: flat within 1.3x), with the process's minor page
+faults per edge during a step (the cost of glibc's default malloc).
 
 The glibc allocator changes the large sizes most (see docs/benchmarks.md); its tunables are
 read at process start, so each setting needs its own process. `--malloc both` runs this script
@@ -26,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -120,20 +122,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         entry["net_force_rel"] = float(f"{net:.3g}")
         jax.block_until_ready(compiled(params, graph))  # warm-up (the first run allocates)
         runnable[str(n)] = (compiled, graph)
-        entry["steps_s"] = []
+        entry["steps_s"], entry["faults"] = [], []
 
     for _ in range(args.rounds):
         for name, (compiled, graph) in runnable.items():
             for _ in range(args.repeats):
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 start = time.perf_counter()
                 jax.block_until_ready(compiled(params, graph))
                 sizes[name]["steps_s"].append(time.perf_counter() - start)
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+                sizes[name]["faults"].append(faults)
 
     per_edge = {}
     for name, entry in sizes.items():
-        steps = entry.pop("steps_s", None)
-        if not steps:
+        steps, faults = entry.pop("steps_s", None), entry.pop("faults", None)
+        if not steps or not faults:
             continue
+        # Page faults of the process during a step: what the allocator costs (see the docs).
+        entry["page_faults_per_edge"] = round(statistics.median(faults) / entry["edges"], 2)
         median = statistics.median(steps)
         entry["median_ms"] = round(median * 1e3, 2)
         entry["us_per_edge"] = round(median / entry["edges"] * 1e6, 3)
