@@ -17,10 +17,12 @@ read at process start, so each setting needs its own process. `--malloc both` ru
 once under each (`default`: GLIBC_TUNABLES unset, `tuned`: eqmlip's `TUNED_MALLOC`) and
 prints one JSON line with both; otherwise the script measures the process it is in and says
 which setting that is. `--profile` adds the time per op family (the method of
-`benchmarks/profile_ops.py`) at the smallest and largest size run.
+`benchmarks/profile_ops.py`) at the smallest and largest size run. `--mallopt` applies the
+tuned settings from inside the process with glibc's `mallopt` (before JAX starts), to compare
+with the tunables read at start.
 
     python benchmarks/per_edge.py [--cells 2,3,4,6,8] [--rounds 3] [--repeats 2]
-        [--max-gib 6] [--malloc both|here] [--profile]
+        [--max-gib 6] [--malloc both|here] [--profile] [--mallopt]
 """
 
 import argparse
@@ -34,10 +36,25 @@ import sys
 import time
 from typing import Any
 
-import equinox as eqx
-import jax
-import numpy as np
-from ase.build import bulk
+
+def _mallopt() -> list[int]:
+    """The tuned settings through glibc's `mallopt`, inside a running process (before JAX
+    allocates): an experiment, `--mallopt`, to see whether a library could apply them without
+    a re-exec. Returns mallopt's results (1: accepted)."""
+    import ctypes  # noqa: PLC0415
+
+    libc = ctypes.CDLL("libc.so.6")
+    # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD (an int: 2 GiB - 1), M_TOP_PAD
+    settings = ((-8, 1), (-4, 0), (-1, 2**31 - 1), (-2, 2**30))
+    return [libc.mallopt(option, value) for option, value in settings]
+
+
+MALLOPT = _mallopt() if "--mallopt" in sys.argv else None
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from ase.build import bulk  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -59,6 +76,8 @@ def silicon(repeat: int) -> Any:
 
 def _malloc_setting() -> str:
     tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if MALLOPT is not None:
+        return f"mallopt {MALLOPT}" + (f" over {tunables}" if tunables else "")
     if not tunables:
         return "default"
     return "tuned" if tunables == TUNED_MALLOC else f"custom ({tunables})"
@@ -183,6 +202,9 @@ def main() -> None:
         default="here",
         choices=("here", "both"),
         help="here: this process as it is; both: one process per glibc malloc setting",
+    )
+    parser.add_argument(
+        "--mallopt", action="store_true", help="apply the tuned settings with mallopt (test)"
     )
     parser.add_argument("--profile", action="store_true", help="per op family, ends")
     parser.add_argument("--profile-repeats", type=int, default=3)
