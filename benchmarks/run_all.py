@@ -11,8 +11,9 @@ the step-time figures of docs/benchmarks.md (one per setting).
         [--out benchmarks/results.json] [--model runs/default/model.eqx]
 
 `--quick` runs every script at small sizes and few repeats: a check that they all still run,
-not figures to quote. `md_conservation` needs a trained Cu-Au model (`--model`); without one it
-is skipped, and the JSON says so.
+not figures to quote. `md_conservation` needs a trained Cu-Au model (`--model`), and `nequix`
+the nequix package (`pip install --no-deps nequix==0.4.5`: its declared dependencies pull
+CUDA); without them they are skipped, and the JSON says so.
 """
 
 import argparse
@@ -43,11 +44,20 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "md_conservation": ([], []),
     "scaling": ([], ["--repeats", "1", "--supercell", "2"]),
     "profile_ops": (["--mlip"], ["--systems", "molecule", "--repeats", "3"]),
+    "nequix": ([], ["--systems", "molecule", "--rounds", "2", "--repeats", "3"]),
+    "per_edge": ([], ["--cells", "2,3", "--rounds", "1", "--repeats", "1"]),
     "plot_scaling": (
         ["--cells", "1,2,4,8", "--mlip-max-atoms", "512"],
         ["--cells", "1,2", "--repeats", "1"],
     ),
 }
+
+
+def _nequix_installed() -> bool:
+    """Whether nequix imports, asked of a fresh interpreter in the repository root (here,
+    benchmarks/nequix.py would shadow the package)."""
+    command = [sys.executable, "-c", "import nequix.model"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
 
 
 def _environment(malloc: str) -> dict[str, str]:
@@ -108,6 +118,12 @@ def main() -> None:
                 results[name] = {"status": "skipped", "reason": "needs --model (a Cu-Au model)"}
                 continue
             arguments = [args.model, *arguments]
+        if name == "nequix" and not _nequix_installed():
+            results[name] = {
+                "status": "skipped",
+                "reason": "needs nequix 0.4.5: pip install --no-deps nequix==0.4.5",
+            }
+            continue
         results[name] = {}
         for malloc in settings:
             extra = []
