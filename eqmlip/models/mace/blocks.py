@@ -24,11 +24,12 @@ from ...ops.linear import (
 )
 from ...ops.mace import (
     contraction_plan,
+    interaction,
     scaled_radial_mlp,
     soft_normalize,
     symmetric_contraction,
 )
-from ...ops.nequip import SCALAR, ConvPath, convolution_paths, interaction, irreps_from
+from ...ops.nequip import SCALAR, ConvPath, convolution_paths, irreps_from
 from ..nequip.blocks import _normal_arrays
 
 
