@@ -1,6 +1,8 @@
 """MACE's channels-last interaction (`eqmlip.ops.mace.interaction`) against the general one of
 `eqmlip.ops.nequip`, which the parity tests check against mlip: values and gradients."""
 
+from typing import Any
+
 import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,9 @@ def _case(source: str, target: str, channels: int, l_max: int, dtype):
     )
     senders = jax.random.randint(k[4], (EDGES,), 0, NODES)
     receivers = jax.random.randint(k[5], (EDGES,), 0, NODES + 1)  # NODES: a padding edge
-    static = dict(irreps_in=src, paths=paths, linear_out_blocks=blocks, avg_num_neighbors=3.0)
+    static: dict[str, Any] = dict(
+        irreps_in=src, paths=paths, linear_out_blocks=blocks, avg_num_neighbors=3.0
+    )
     return paths, blocks, arrays, senders, receivers, static
 
 
@@ -89,7 +93,9 @@ def test_other_cases_go_to_nequip():
         for i, b in enumerate(blocks)
     ]
     s = jax.random.randint(k[4], (EDGES,), 0, NODES)
-    static = dict(irreps_in=src, paths=paths, linear_out_blocks=blocks, avg_num_neighbors=2.0)
+    static: dict[str, Any] = dict(
+        irreps_in=src, paths=paths, linear_out_blocks=blocks, avg_num_neighbors=2.0
+    )
     a = nequip.interaction(x, sh, w, s, s, lw, **static)
     b = mace.interaction(x, sh, w, s, s, lw, **static)
     assert jnp.array_equal(a, b)
