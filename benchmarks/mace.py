@@ -7,8 +7,9 @@ mlip's `Mace` is initialised by its own initialisers (the network's `init`, comp
 eqmlip model is converted from those weights by `eqmlip.interop.from_mlip`. Cases:
 
 - `molecule`, `crystal`: energy and forces (`ForceField.predictor.apply` against
-  `eqmlip.potential.predict`) of 1-hexanol (21 atoms) and a rattled 512-atom Si crystal, as
-  `benchmarks/nequip.py` builds them, each padded by one node, one edge and one graph.
+  `eqmlip.potential.predict`) of 1-hexanol (21 atoms) and a rattled diamond Si crystal of
+  `n x n x n` cubic cells (`--crystal-cells`, 4: 512 atoms), as `benchmarks/nequip.py` builds
+  them, each padded by one node, one edge and one graph.
 - `train`: one training step (energy and forces loss, second-order gradient, optimizer update,
   EMA) on a batch of 8 g2 molecules of 9 atoms, padded, as `benchmarks/train.py` sets it up:
   mlip's `make_train_step` with its `MSELoss` against `eqmlip.training.train_step` with
@@ -24,7 +25,7 @@ a shared machine reaches both; the JSON line gives medians, the ratio of the med
 median and range of the per-round ratios (mlip / eqmlip: > 1 means eqmlip is faster or smaller).
 
     python benchmarks/mace.py [--systems molecule,crystal,train] [--repeats 20]
-        [--crystal-repeats 5] [--train-repeats 10]
+        [--crystal-repeats 5] [--crystal-cells 4] [--train-repeats 10] [--config JSON]
 """
 
 import argparse
@@ -52,12 +53,13 @@ from mlip.typing.properties import Properties
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ase.build import bulk  # noqa: E402
+
 from benchmarks.nequip import (  # noqa: E402
     CUTOFF,
     eqmlip_graph,
     hexanol,
     mlip_graph,
-    silicon,
 )
 from benchmarks.train import (  # noqa: E402
     EMA_DECAY,
@@ -80,6 +82,14 @@ from eqmlip.training import (  # noqa: E402
 SYSTEMS = ("molecule", "crystal", "train")
 TRAIN_ATOMS, TRAIN_BATCH = 9, 8
 AVG_NUM_NEIGHBORS = 12.0
+
+
+def silicon(cells: int) -> Any:
+    """Rattled diamond Si, `cells**3` cubic cells of 8 atoms (4: the 512 atoms of
+    `benchmarks/nequip.py`, same rattle)."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True) * (cells, cells, cells)
+    atoms.rattle(0.05, seed=0)
+    return atoms
 
 
 def mlip_force_field(config: MlipMaceConfig, info: DatasetInfo) -> ForceField:
@@ -266,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="molecule,crystal,train")
     parser.add_argument("--repeats", type=int, default=20, help="rounds, molecule")
     parser.add_argument("--crystal-repeats", type=int, default=5, help="rounds, crystal")
+    parser.add_argument(
+        "--crystal-cells", type=int, default=4, help="Si cubic cells per side (4: 512 atoms)"
+    )
     parser.add_argument("--train-repeats", type=int, default=10, help="rounds, training step")
     parser.add_argument(
         "--config",
@@ -282,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = MlipMaceConfig(**overrides)
 
     # One model for every case: its species cover the structures and the training molecules.
-    structures = {"molecule": hexanol(), "crystal": silicon()}
+    if args.crystal_cells < 1:
+        raise SystemExit(f"--crystal-cells must be >= 1, got {args.crystal_cells}")
+    structures = {"molecule": hexanol(), "crystal": silicon(args.crystal_cells)}
     species = {int(z) for atoms in structures.values() for z in atoms.numbers}
     species |= {int(z) for m in molecules(TRAIN_ATOMS, TRAIN_BATCH) for z in m.numbers}
     e0 = {z: -10.0 * z for z in sorted(species)}
@@ -307,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "correlation": config.correlation,
         "num_layers": config.num_layers,
         "cutoff": CUTOFF,
+        "crystal_cells": args.crystal_cells,
         "dtype": "float32",
         **results,
         "repeats": {

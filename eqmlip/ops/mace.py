@@ -31,9 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .columns import split_sizes
+from . import nequip
+from .columns import split_columns, split_sizes
 from .cutoffs import ENVELOPE_FUNCTIONS
-from .nequip import irreps_from
+from .linear import LinearBlock, block_scale
+from .nequip import ConvPath, irreps_from
+from .segment import segment_sum
 
 
 class ProductPath(NamedTuple):
@@ -320,6 +323,130 @@ def symmetric_contraction(
         return jnp.zeros((nodes, channels, 0), x.dtype)
     out = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
     return out.reshape(nodes, channels, irreps_out.dim)
+
+
+# --- the interaction (messages, sum at the receivers, linear_out), channels last ---------------
+
+
+def _channels_last_applies(paths: Sequence[ConvPath], blocks: Sequence[LinearBlock]) -> bool:
+    """MACE's convolution is channel-wise (one copy per channel and path) and its linear_out
+    keeps the channels (nothing to mix on the edges first): the case `interaction` handles."""
+    return all(p.mul == p.channels and not nequip.premixes(p, blocks[p.block]) for p in paths)
+
+
+def _edge_messages(
+    x_edges: dict[int, Float[Array, "edges _ channels"]],
+    sh_blocks: dict[int, Float[Array, "edges _"]],
+    w_pieces: Sequence[Float[Array, "edges channels"]],
+    paths: Sequence[ConvPath],
+    avg_num_neighbors: float,
+) -> list[Float[Array, "edges _ channels"]]:
+    """Every path's messages `[edges, 2l0+1, channels]`, channels last. The paths of one
+    input chunk and one `l2` share one batched matrix product per edge,
+    `m[e, (p a), u] = sum_b A[e, (p a), b] x[e, b, u]` with `A[e] = C'_p Y^{l2}[e]`: the
+    channels are the wide axis of each product (XLA:CPU runs these about 1.5x faster than
+    the same products with the channels leading, measured with forward and backward)."""
+    outs: list[Array | None] = [None] * len(paths)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, p in enumerate(paths):
+        x = x_edges[p.i_in]
+        coef = nequip._path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
+        if p.l2 == 0:  # C'[a, b, 0] = c delta_ab; Y^0 = 1 is not read
+            outs[k] = x * nequip._diagonal_constant(coef[:, :, 0])
+        elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
+            y = sh_blocks[p.l2] * nequip._diagonal_constant(coef[:, 0, :])
+            outs[k] = y[:, :, None] * x
+        else:
+            groups.setdefault((p.i_in, p.l2), []).append(k)
+    for (i_in, l2), members in groups.items():
+        x = x_edges[i_in]
+        edges, d1, _ = x.shape
+        coef = np.concatenate(
+            [
+                nequip._path_coefficients(paths[k].l0, paths[k].l1, l2, float(avg_num_neighbors))
+                for k in members
+            ],
+            axis=0,
+        )  # [(p a), b, c]
+        a = sh_blocks[l2] @ jnp.asarray(coef.transpose(2, 0, 1).reshape(2 * l2 + 1, -1), x.dtype)
+        m = jax.lax.dot_general(
+            a.reshape(edges, -1, d1), x, (((2,), (1,)), ((0,), (0,)))
+        )  # [edges, (p a), channels]
+        sizes = [2 * paths[k].l0 + 1 for k in members]
+        for k, mk in zip(members, jax.lax.split(m, sizes, axis=1), strict=True):
+            outs[k] = mk
+    done = [m for m in outs if m is not None]
+    assert len(done) == len(paths)
+    return [m * w[:, None, :] for m, w in zip(done, w_pieces, strict=True)]
+
+
+def interaction(
+    x: Float[Array, "nodes dim_in"],
+    sh: Float[Array, "edges sh_dim"],
+    weights: Float[Array, "edges num_weights"],
+    senders: Int[Array, " edges"],
+    receivers: Int[Array, " edges"],
+    linear_out_weights: Sequence[Float[Array, "_ _"]],
+    *,
+    irreps_in: e3nn.Irreps,
+    paths: Sequence[ConvPath],
+    linear_out_blocks: Sequence[LinearBlock],
+    avg_num_neighbors: float,
+    deterministic: bool = False,
+) -> Float[Array, "nodes dim_out"]:
+    """MACE's interaction: [`eqmlip.ops.nequip.interaction`][] (the messages of `paths`,
+    summed at the receivers, then linear_out), computed with the channels as the last axis.
+
+    The input chunks are transposed to `[nodes, 2l+1, channels]` on the nodes, then gathered;
+    messages, their sums and linear_out (a matrix product over the channels) keep that layout,
+    and only the nodes' outputs go back to e3nn's layout. Cases other than MACE's (several
+    copies per channel, paths mixed on the edges, deterministic sums) are passed to
+    `eqmlip.ops.nequip.interaction`. Equal to it up to rounding.
+    """
+    if deterministic or not paths or not _channels_last_applies(paths, linear_out_blocks):
+        return nequip.interaction(
+            x,
+            sh,
+            weights,
+            senders,
+            receivers,
+            linear_out_weights,
+            irreps_in=irreps_in,
+            paths=paths,
+            linear_out_blocks=linear_out_blocks,
+            avg_num_neighbors=avg_num_neighbors,
+            deterministic=deterministic,
+        )
+    nodes = x.shape[0]
+    dtype = x.dtype
+    channels = paths[0].channels
+    slices = irreps_in.slices()
+    entries = sorted({p.i_in for p in paths})
+    chunks = split_columns(
+        x, [(slices[i].start, slices[i].stop - slices[i].start) for i in entries]
+    )
+    x_edges = {
+        i: c.reshape(nodes, channels, -1).transpose(0, 2, 1)[senders]
+        for i, c in zip(entries, chunks, strict=True)
+    }
+    degrees = sorted({p.l2 for p in paths})
+    sh_blocks = dict(
+        zip(degrees, split_columns(sh, [(d * d, 2 * d + 1) for d in degrees]), strict=True)
+    )
+    w_pieces = split_columns(weights, [(p.radial_start, p.mul) for p in paths])
+    messages = _edge_messages(x_edges, sh_blocks, w_pieces, paths, avg_num_neighbors)
+    outs = []
+    for k, block in enumerate(linear_out_blocks):
+        members = [(p, m) for p, m in zip(paths, messages, strict=True) if p.block == k]
+        # A scatter-add per path, joined on the nodes (no edge-sized concatenation).
+        sums = [segment_sum(m, receivers, nodes) for _, m in members]
+        summed = jnp.concatenate(sums, axis=-1) if len(sums) > 1 else sums[0]
+        cols = np.concatenate([np.arange(p.block_start, p.block_start + p.mul) for p, _ in members])
+        w = linear_out_weights[k].astype(dtype)
+        w = w if len(cols) == block.mul_in else w[:, cols]
+        y = summed @ (w * block_scale(block.mul_in)).T  # [nodes, 2l+1, mul_out]
+        outs.append(y.transpose(0, 2, 1).reshape(nodes, block.mul_out * block.dim))
+    return jnp.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0]
 
 
 # --- the rest of a MACE layer: radial MLP, soft normalisation, radial pre-factor -----------------

@@ -24,11 +24,12 @@ from ...ops.linear import (
 )
 from ...ops.mace import (
     contraction_plan,
+    interaction,
     scaled_radial_mlp,
     soft_normalize,
     symmetric_contraction,
 )
-from ...ops.nequip import SCALAR, ConvPath, convolution_paths, interaction, irreps_from
+from ...ops.nequip import SCALAR, ConvPath, convolution_paths, irreps_from
 from ..nequip.blocks import _normal_arrays
 
 
@@ -297,7 +298,7 @@ class MaceLayer(eqx.Module):
     1. `res = W_z^{res} x` (e3j `LinearIndexwise` onto the layer's output irreps), with
         `use_residuals`;
     2. `m = L_out sum_{e -> i} MLP(R_e) * (L_in x_{s_e} (x) Y_e)` (mlip's
-        `O3MessagePassingBlock`: the convolution of [`eqmlip.ops.nequip.interaction`][], a
+        `O3MessagePassingBlock`: the convolution of [`eqmlip.ops.mace.interaction`][], a
         radial MLP with `1/sqrt(fan_in)` scales and the normalised `radial_mlp_activation`),
         onto `C x interaction_irreps` (zeros where no path reaches);
     3. without `use_residuals`: `m <- W_z m` (mlip's `linear_by_species_block`);
