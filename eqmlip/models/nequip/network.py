@@ -16,7 +16,8 @@ from ... import _random
 from ..._misc import resolve_dtype
 from ...graph import Graph, check_species, species_index
 from ...nn import MultiHeadReadoutBlock, select_head
-from ...ops.nequip import SCALAR
+from ...ops.activation import activation
+from ...ops.nequip import SCALAR, radial_mlps_columns
 from ...ops.segment import mask_rows, safe_norm, segment_sum
 from .._potential import AbstractPotential, PotentialOutputs, register_potential
 from .blocks import NequipEmbeddingBlock, NequipLayer
@@ -352,13 +353,30 @@ class Nequip(AbstractPotential):
             classes = jnp.arange(1, len(self.total_charges) + 1, dtype=jnp.int32)
             charge_index = jnp.sum(jnp.where(hits, classes[None, :], 0), axis=1).astype(jnp.int32)
 
-        h, radial, sh = self.embedding(
-            species, vectors, charge_index=charge_index, edge_mask=graph.edge_mask
-        )
         senders, receivers = graph.senders, graph.receivers
-        x: e3nn.IrrepsArray = h
-        for layer in self.layers:
-            x = layer(x, species, radial, sh, senders, receivers)
+        radial, sh = self.embedding.embed_edges(vectors, graph.edge_mask)
+        radial = radial.astype(dtype)
+        # Every layer's radial MLP reads the same basis: evaluated together.
+        weights = radial_mlps_columns(
+            radial,
+            [layer.radial_kernels for layer in self.layers],
+            activation(self.layers[0].radial_mlp_activation),
+            [layer.radial_columns() for layer in self.layers],
+        )
+        if self.embedding.num_charges is None:
+            # The embedding depends on the species only: the first layer's node-wise linears
+            # run on one row per species (`NequipLayer.call_on_species`).
+            table = self.embedding.species_features(dtype=dtype)
+            x = self.layers[0].call_on_species(
+                table, species, radial, sh, senders, receivers, radial_weights=weights[0]
+            )
+        else:
+            h = self.embedding.embed_nodes(species, charge_index, dtype=dtype)
+            x = self.layers[0](
+                h, species, radial, sh, senders, receivers, radial_weights=weights[0]
+            )
+        for layer, w in zip(self.layers[1:], weights[1:], strict=True):
+            x = layer(x, species, radial, sh, senders, receivers, radial_weights=w)
         outputs = self.readout(x)
         assert isinstance(outputs, e3nn.IrrepsArray)
         dataset_idx = graph.dataset_idx
