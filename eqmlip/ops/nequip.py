@@ -203,41 +203,6 @@ def radial_mlp_columns(
     return [jax.lax.dot_general(x, k, (((1,), (0,)), ((), ()))) for k in columns]
 
 
-def radial_mlps_columns(
-    radial: Float[Array, "edges num_rbf"],
-    kernels: Sequence[Sequence[Float[Array, "_ _"]]],
-    act: Callable[[jax.Array], jax.Array],
-    ranges: Sequence[Sequence[tuple[int, int]]],
-) -> list[list[Float[Array, "edges _"]]]:
-    """`[radial_mlp_columns(radial, kernels[i], act, ranges[i]) for i ...]`, the MLPs (NequIP's
-    layers each have one, all reading the same radial basis) evaluated together.
-
-    When the MLPs have the same hidden sizes, each of their hidden layers is one batched
-    matmul over the MLPs (kernels stacked, activations `(mlps, edges, width)`): fewer, larger
-    kernels for the same multiply-adds, forward and backward. The last layers
-    differ in width and run per range, as in `radial_mlp_columns`. Otherwise each MLP runs
-    on its own.
-    """
-    shapes = {tuple(tuple(k.shape) for k in ks[:-1]) for ks in kernels}
-    if len(kernels) < 2 or len(shapes) != 1 or any(len(ks) < 2 for ks in kernels):
-        return [
-            radial_mlp_columns(radial, ks, act, r) for ks, r in zip(kernels, ranges, strict=True)
-        ]
-    count, dtype = len(kernels), radial.dtype
-    # Batched over the MLPs, `(mlps, edges, width)` throughout (the basis broadcast, so that
-    # no layer needs a transposed copy).
-    x = jnp.broadcast_to(radial, (count, *radial.shape))
-    for depth in range(len(kernels[0]) - 1):
-        stacked = jnp.stack([ks[depth].astype(dtype) for ks in kernels])
-        x = act(jax.lax.dot_general(x, stacked, (((2,), (1,)), ((0,), (0,)))))
-    hidden = jax.lax.split(x, [1] * count, axis=0)
-    out = []
-    for h, ks, r in zip(hidden, kernels, ranges, strict=True):
-        columns = split_columns(ks[-1].astype(dtype), r)
-        out.append([jax.lax.dot_general(h[0], k, (((1,), (0,)), ((), ()))) for k in columns])
-    return out
-
-
 @functools.lru_cache(maxsize=256)
 def _path_coefficients(l0: int, l1: int, l2: int, avg_num_neighbors: float) -> np.ndarray:
     """`C^{l0 l1 l2} sqrt(2 l0 + 1) / avg_num_neighbors`, float64, shape `(2l0+1, 2l1+1, 2l2+1)`."""

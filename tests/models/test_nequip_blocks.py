@@ -259,8 +259,7 @@ def test_interaction_equals_convolution_then_linear_out():
 
 def test_call_on_species_equals_the_layer_on_gathered_features():
     """The first layer on one row per species (as the network calls it) equals the layer on
-    the embedding's node features, values and gradients with respect to every parameter; the
-    radial weights computed outside give the same layer."""
+    the embedding's node features, values and gradients with respect to every parameter."""
     with jax.enable_x64(True):
         embed, layers = _model(K(11), num_layers=2, dtype=jnp.float64)
         positions, species, senders, receivers = _graph(7, 6)
@@ -276,13 +275,9 @@ def test_call_on_species_equals_the_layer_on_gathered_features():
             return jnp.sum(layer(x, species, radial, sh, senders, receivers).array * cotangent)
 
         def on_species(layer, embed):
-            weights = ops.radial_mlp_columns(
-                radial, layer.radial_kernels, jax.nn.swish, layer.radial_columns()
-            )
             out = layer.call_on_species(
-                embed.species_features(), species, radial, sh, senders, receivers,
-                radial_weights=weights,
-            )  # fmt: skip
+                embed.species_features(), species, radial, sh, senders, receivers
+            )
             return jnp.sum(out.array * cotangent)
 
         ours = layer.call_on_species(table, species, radial, sh, senders, receivers)

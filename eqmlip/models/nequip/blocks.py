@@ -493,8 +493,6 @@ class NequipLayer(eqx.Module):
         spherical_harmonics: Float[Array, "edges {self.sh_dim}"],
         senders: Int[Array, " edges"],
         receivers: Int[Array, " edges"],
-        *,
-        radial_weights: Sequence[Float[Array, "edges _"]] | None = None,
     ) -> e3nn.IrrepsArray:
         """Update the node features.
 
@@ -507,9 +505,6 @@ class NequipLayer(eqx.Module):
             contribute exactly nothing).
         - `spherical_harmonics`: `[edges, (l_max+1)**2]`, e3nn `"component"` normalisation.
         - `senders`, `receivers`: `[edges]` node indices (messages flow sender -> receiver).
-        - `radial_weights`: the radial MLP's outputs if already computed, one `[edges, width]`
-            array per range of `radial_columns()` (the network computes every layer's MLP in
-            one pass, [`eqmlip.ops.nequip.radial_mlps_columns`][]); `None` computes them here.
 
         **Returns:** an `IrrepsArray` `[nodes, irreps_out.dim]` in the input's dtype.
         """
@@ -526,9 +521,7 @@ class NequipLayer(eqx.Module):
         res = None
         if self.use_residual_connection:
             res = indexed_block_linear(x, species, self.residual_weights, self.residual_blocks)
-        return self._update(
-            h, res, radial_embedding, spherical_harmonics, senders, receivers, radial_weights
-        )
+        return self._update(h, res, radial_embedding, spherical_harmonics, senders, receivers)
 
     def call_on_species(
         self,
@@ -538,8 +531,6 @@ class NequipLayer(eqx.Module):
         spherical_harmonics: Float[Array, "edges {self.sh_dim}"],
         senders: Int[Array, " edges"],
         receivers: Int[Array, " edges"],
-        *,
-        radial_weights: Sequence[Float[Array, "edges _"]] | None = None,
     ) -> e3nn.IrrepsArray:
         """`self(species_features[species], species, ...)` for node features that depend on
         the species only (NequIP's first layer reads the species embedding).
@@ -562,14 +553,7 @@ class NequipLayer(eqx.Module):
             rows = jnp.arange(self.num_species, dtype=species.dtype)
             res = indexed_block_linear(x, rows, self.residual_weights, self.residual_blocks)
             res = res[species]
-        return self._update(
-            h, res, radial_embedding, spherical_harmonics, senders, receivers, radial_weights
-        )
-
-    def radial_columns(self) -> list[tuple[int, int]]:
-        """The radial-MLP output columns `(start, width)` of each convolution path, in path
-        order: what `radial_weights` holds, one array per range."""
-        return [(p.radial_start, p.mul) for p in self.paths]
+        return self._update(h, res, radial_embedding, spherical_harmonics, senders, receivers)
 
     def _update(
         self,
@@ -579,20 +563,16 @@ class NequipLayer(eqx.Module):
         spherical_harmonics: Float[Array, "edges _"],
         senders: Int[Array, " edges"],
         receivers: Int[Array, " edges"],
-        radial_weights: Sequence[Float[Array, "edges _"]] | None,
     ) -> e3nn.IrrepsArray:
         """Steps 2, 4 and 5 from `h = L_in x` and the residual `res`."""
         dtype = h.dtype
         sh = spherical_harmonics.astype(dtype)
-        if radial_weights is None:
-            weights = radial_mlp_columns(
-                radial_embedding.astype(dtype),
-                self.radial_kernels,
-                activation(self.radial_mlp_activation),
-                self.radial_columns(),
-            )
-        else:
-            weights = [w.astype(dtype) for w in radial_weights]
+        weights = radial_mlp_columns(
+            radial_embedding.astype(dtype),
+            self.radial_kernels,
+            activation(self.radial_mlp_activation),
+            [(p.radial_start, p.mul) for p in self.paths],
+        )
         out = interaction(
             h,
             sh,

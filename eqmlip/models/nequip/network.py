@@ -16,8 +16,7 @@ from ... import _random
 from ..._misc import resolve_dtype
 from ...graph import Graph, check_species, species_index
 from ...nn import MultiHeadReadoutBlock, select_head
-from ...ops.activation import activation
-from ...ops.nequip import SCALAR, radial_mlps_columns
+from ...ops.nequip import SCALAR
 from ...ops.segment import mask_rows, safe_norm, segment_sum
 from .._potential import AbstractPotential, PotentialOutputs, register_potential
 from .blocks import NequipEmbeddingBlock, NequipLayer
@@ -355,28 +354,16 @@ class Nequip(AbstractPotential):
 
         senders, receivers = graph.senders, graph.receivers
         radial, sh = self.embedding.embed_edges(vectors, graph.edge_mask)
-        radial = radial.astype(dtype)
-        # Every layer's radial MLP reads the same basis: evaluated together.
-        weights = radial_mlps_columns(
-            radial,
-            [layer.radial_kernels for layer in self.layers],
-            activation(self.layers[0].radial_mlp_activation),
-            [layer.radial_columns() for layer in self.layers],
-        )
         if self.embedding.num_charges is None:
             # The embedding depends on the species only: the first layer's node-wise linears
             # run on one row per species (`NequipLayer.call_on_species`).
             table = self.embedding.species_features(dtype=dtype)
-            x = self.layers[0].call_on_species(
-                table, species, radial, sh, senders, receivers, radial_weights=weights[0]
-            )
+            x = self.layers[0].call_on_species(table, species, radial, sh, senders, receivers)
         else:
             h = self.embedding.embed_nodes(species, charge_index, dtype=dtype)
-            x = self.layers[0](
-                h, species, radial, sh, senders, receivers, radial_weights=weights[0]
-            )
-        for layer, w in zip(self.layers[1:], weights[1:], strict=True):
-            x = layer(x, species, radial, sh, senders, receivers, radial_weights=w)
+            x = self.layers[0](h, species, radial, sh, senders, receivers)
+        for layer in self.layers[1:]:
+            x = layer(x, species, radial, sh, senders, receivers)
         outputs = self.readout(x)
         assert isinstance(outputs, e3nn.IrrepsArray)
         dataset_idx = graph.dataset_idx
