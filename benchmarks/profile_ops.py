@@ -171,7 +171,9 @@ def _family(library: str, stack: list[tuple[str, str]]) -> tuple[str, str]:
         return "other", "(outside the library)"
     file, function = frames[0]
     where = f"{file.rsplit('/', 2)[-2]}/{file.rsplit('/', 1)[-1]}:{function}"
-    if re.search(TRAINING[0], where):
+    # (`where` keeps two path components, which drops optax's package name for its
+    # `tree_utils/` and `_src/` files: those are matched on the full path.)
+    if re.search(TRAINING[0], where) or "/optax/" in file:
         return TRAINING[1], where
     for file, function in frames:
         for pattern, family in FAMILIES:

@@ -167,6 +167,19 @@ def linear_contract(
     """
     batch = x.shape[:-1]
     in_slices = irreps_in.slices()
+    # Every input chunk a path reads, cut by one split (its cotangent is one concatenation,
+    # not a full-width pad per chunk).
+    read = sorted(
+        {
+            p.i_in
+            for p in paths
+            if irreps_entry(irreps_in, p.i_in).mul and irreps_entry(irreps_out, p.i_out).mul
+        }
+    )
+    pieces = split_columns(
+        x, [(in_slices[i].start, in_slices[i].stop - in_slices[i].start) for i in read]
+    )
+    in_chunks = dict(zip(read, pieces, strict=True))
     out_chunks = []
     for i_out, (mul_out, ir_out) in enumerate(irreps_out):
         total = None
@@ -176,7 +189,7 @@ def linear_contract(
             entry_in = irreps_entry(irreps_in, path.i_in)
             if entry_in.mul == 0 or mul_out == 0:
                 continue
-            chunk = x[..., in_slices[path.i_in]].reshape(*batch, entry_in.mul, entry_in.ir.dim)
+            chunk = in_chunks[path.i_in].reshape(*batch, entry_in.mul, entry_in.ir.dim)
             if w.ndim == 2:
                 # Scale the small (mul_in, mul_out) matrix rather than the large output.
                 term = _contract_multiplicity(chunk, path.path_weight * w)

@@ -257,6 +257,47 @@ def test_interaction_equals_convolution_then_linear_out():
             )  # fmt: skip
 
 
+def test_call_on_species_equals_the_layer_on_gathered_features():
+    """The first layer on one row per species (as the network calls it) equals the layer on
+    the embedding's node features, values and gradients with respect to every parameter."""
+    with jax.enable_x64(True):
+        embed, layers = _model(K(11), num_layers=2, dtype=jnp.float64)
+        positions, species, senders, receivers = _graph(7, 6)
+        vectors = positions.astype(jnp.float64)[receivers] - positions.astype(jnp.float64)[senders]
+        h0, radial, sh = embed(species, vectors)
+        table = embed.species_features()
+        np.testing.assert_array_equal(table[species], h0.array)
+        layer = layers[0]
+        cotangent = jr.normal(K(12), (7, layer.irreps_out.dim), jnp.float64)
+
+        def on_nodes(layer, embed):
+            x = embed(species, vectors)[0]
+            return jnp.sum(layer(x, species, radial, sh, senders, receivers).array * cotangent)
+
+        def on_species(layer, embed):
+            out = layer.call_on_species(
+                embed.species_features(), species, radial, sh, senders, receivers
+            )
+            return jnp.sum(out.array * cotangent)
+
+        ours = layer.call_on_species(table, species, radial, sh, senders, receivers)
+        theirs = layer(h0, species, radial, sh, senders, receivers)
+        assert ours.irreps == theirs.irreps and float(jnp.max(jnp.abs(theirs.array))) > 1e-2
+        np.testing.assert_allclose(ours.array, theirs.array, rtol=1e-12, atol=1e-12)
+        grads = eqx.filter_grad(on_species)(layer, embed)
+        expected = eqx.filter_grad(on_nodes)(layer, embed)
+        leaves, expected_leaves = jax.tree.leaves(grads), jax.tree.leaves(expected)
+        assert len(leaves) == len(expected_leaves) > 5
+        assert float(jnp.max(jnp.abs(expected.residual_weights[0]))) > 1e-3
+        for g, e in zip(leaves, expected_leaves, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+        charged = NequipEmbeddingBlock(
+            3, TARGET, l_max=2, num_rbf=6, cutoff=CUTOFF, num_charges=2, key=K(13)
+        )
+        with pytest.raises(ValueError, match="not a function of the species alone"):
+            charged.species_features()
+
+
 def test_vmap_matches_a_loop_and_serialisation_round_trips():
     model = _model(K(6), num_layers=2)
     _, species, senders, receivers = _graph(4, 0)

@@ -188,6 +188,18 @@ class NequipEmbeddingBlock(eqx.Module):
             )
         return e3nn.IrrepsArray(self.irreps_out, h)
 
+    def species_features(self, *, dtype: Any = None) -> Float[Array, "species n0"]:
+        """Row `s`: the node embedding of species `s`, `E[s] / sqrt(S)`, so that
+        `embed_nodes(species) == species_features()[species]` (without a charge embedding,
+        which makes the embedding depend on the charge too)."""
+        if self.num_charges is not None:
+            raise ValueError(
+                "NequipEmbeddingBlock: with a total-charge embedding the node embedding is not "
+                "a function of the species alone; use embed_nodes."
+            )
+        dtype = self.species_embedding.dtype if dtype is None else dtype
+        return self.species_embedding.astype(dtype) * (1.0 / math.sqrt(self.num_species))
+
     def embed_edges(
         self,
         edge_vectors: Float[Array, "edges 3"],
@@ -505,17 +517,62 @@ class NequipLayer(eqx.Module):
             x = node_features.array
         else:
             x = node_features
-        dtype = x.dtype
-        radial = radial_embedding.astype(dtype)
-        sh = spherical_harmonics.astype(dtype)
+        h = block_linear(x, self.linear_in_weights, self.linear_in_blocks)
+        res = None
+        if self.use_residual_connection:
+            res = indexed_block_linear(x, species, self.residual_weights, self.residual_blocks)
+        return self._update(h, res, radial_embedding, spherical_harmonics, senders, receivers)
 
+    def call_on_species(
+        self,
+        species_features: Float[Array, "{self.num_species} {self.irreps_in.dim}"],
+        species: Int[Array, " nodes"],
+        radial_embedding: Float[Array, "edges {self.num_rbf}"],
+        spherical_harmonics: Float[Array, "edges {self.sh_dim}"],
+        senders: Int[Array, " edges"],
+        receivers: Int[Array, " edges"],
+    ) -> e3nn.IrrepsArray:
+        """`self(species_features[species], species, ...)` for node features that depend on
+        the species only (NequIP's first layer reads the species embedding).
+
+        Linear_in and the residual are node-wise, so they are applied to the `num_species`
+        rows of `species_features` and their results gathered on the nodes: the same
+        arithmetic per row (equal up to rounding), on `num_species` rows instead of `nodes`,
+        and the residual's weights of every species meet one row each instead of every node.
+        In a training step their gradients are also taken on those rows.
+
+        **Arguments:** as `__call__`, with `species_features` `[num_species, irreps_in.dim]`
+        (row `s`: the features of a node of species `s`) and `species` in `0..num_species-1`.
+
+        **Returns:** an `IrrepsArray` `[nodes, irreps_out.dim]` in the features' dtype.
+        """
+        x = species_features
+        h = block_linear(x, self.linear_in_weights, self.linear_in_blocks)[species]
+        res = None
+        if self.use_residual_connection:
+            rows = jnp.arange(self.num_species, dtype=species.dtype)
+            res = indexed_block_linear(x, rows, self.residual_weights, self.residual_blocks)
+            res = res[species]
+        return self._update(h, res, radial_embedding, spherical_harmonics, senders, receivers)
+
+    def _update(
+        self,
+        h: Float[Array, "nodes _"],
+        res: Float[Array, "nodes _"] | None,
+        radial_embedding: Float[Array, "edges _"],
+        spherical_harmonics: Float[Array, "edges _"],
+        senders: Int[Array, " edges"],
+        receivers: Int[Array, " edges"],
+    ) -> e3nn.IrrepsArray:
+        """Steps 2, 4 and 5 from `h = L_in x` and the residual `res`."""
+        dtype = h.dtype
+        sh = spherical_harmonics.astype(dtype)
         weights = radial_mlp_columns(
-            radial,
+            radial_embedding.astype(dtype),
             self.radial_kernels,
             activation(self.radial_mlp_activation),
             [(p.radial_start, p.mul) for p in self.paths],
         )
-        h = block_linear(x, self.linear_in_weights, self.linear_in_blocks)
         out = interaction(
             h,
             sh,
@@ -529,8 +586,6 @@ class NequipLayer(eqx.Module):
             avg_num_neighbors=self.avg_num_neighbors,
             deterministic=self.deterministic_scatter_ops,
         )
-        if self.use_residual_connection:
-            out = out + indexed_block_linear(
-                x, species, self.residual_weights, self.residual_blocks
-            )
+        if res is not None:
+            out = out + res
         return e3nn.IrrepsArray(self.irreps_out, gate(out, self.gate).astype(dtype))

@@ -352,12 +352,17 @@ class Nequip(AbstractPotential):
             classes = jnp.arange(1, len(self.total_charges) + 1, dtype=jnp.int32)
             charge_index = jnp.sum(jnp.where(hits, classes[None, :], 0), axis=1).astype(jnp.int32)
 
-        h, radial, sh = self.embedding(
-            species, vectors, charge_index=charge_index, edge_mask=graph.edge_mask
-        )
         senders, receivers = graph.senders, graph.receivers
-        x: e3nn.IrrepsArray = h
-        for layer in self.layers:
+        radial, sh = self.embedding.embed_edges(vectors, graph.edge_mask)
+        if self.embedding.num_charges is None:
+            # The embedding depends on the species only: the first layer's node-wise linears
+            # run on one row per species (`NequipLayer.call_on_species`).
+            table = self.embedding.species_features(dtype=dtype)
+            x = self.layers[0].call_on_species(table, species, radial, sh, senders, receivers)
+        else:
+            h = self.embedding.embed_nodes(species, charge_index, dtype=dtype)
+            x = self.layers[0](h, species, radial, sh, senders, receivers)
+        for layer in self.layers[1:]:
             x = layer(x, species, radial, sh, senders, receivers)
         outputs = self.readout(x)
         assert isinstance(outputs, e3nn.IrrepsArray)
