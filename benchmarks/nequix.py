@@ -61,7 +61,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 sys.path.insert(0, os.path.dirname(HERE))
 
 try:
-    import nequix.model as nequix_model
+    import nequix.model as nequix_model  # pyright: ignore[reportMissingImports]  # optional
 except ImportError as error:
     raise SystemExit(
         "benchmarks/nequix.py needs nequix 0.4.5; install it without its CUDA dependencies: "
