@@ -18,7 +18,7 @@ from eqmlip.models.nequip import NequipEmbeddingBlock, NequipLayer
 from eqmlip.ops.nequip import SCALAR
 
 from ..helpers import relative_error
-from .test_nequip_parity import FAST_COMPILE, FAST_JIT
+from .test_nequip_parity import FAST_COMPILE, FAST_JIT, random_draws
 
 pytestmark = pytest.mark.parity
 
@@ -40,22 +40,11 @@ def _mlip_graph(name: str) -> MlipGraph:
 
 
 def _random_variables(module, graph: MlipGraph, seed: int) -> dict:
-    """`module`'s variables with `init`'s shapes and fresh random values.
-
-    As in the whole-model parity tests: `eval_shape` of `init` gives the tree without compiling
-    mlip's initialisers; e3j/e3nn weights (normalised at run time) are drawn as `N(0, 1)`, plain
-    Flax kernels with `1/sqrt(fan_in)`.
-    """
+    """`module`'s variables with `init`'s shapes (from `eval_shape`: mlip's initialisers are
+    not compiled) and `random_draws`' values, plain Flax kernels fan-in scaled."""
     shapes = jax.eval_shape(module.init, K(0), graph)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    rng = np.random.default_rng(seed)
-    leaves = []
-    for path, leaf in flat:
-        scale = (
-            1.0 / np.sqrt(leaf.shape[0]) if str(getattr(path[-1], "key", "")) == "kernel" else 1.0
-        )
-        leaves.append((scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype))
-    return jax.tree.unflatten(treedef, leaves)
+    draws = random_draws(shapes, seed, lambda _, name: name == "kernel")
+    return jax.tree.map(lambda d, leaf: d.astype(leaf.dtype), draws, shapes)
 
 
 # (id, x64, target irreps, l_max, layers, eqmlip/mlip keyword arguments). Compiling mlip's

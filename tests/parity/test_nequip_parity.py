@@ -91,6 +91,13 @@ def random_force_field(
     with jax.debug_nans(False):  # see _check
         shapes = jax.eval_shape(network.init, jax.random.key(0), get_dummy_graph_for_model_init())
     shapes = {"params": {"mlip_network": shapes["params"]}}
+    params = random_draws(shapes, seed, fan_in_scaled)
+    return ForceField(predictor=predictor, params=params)
+
+
+def random_draws(shapes, seed: int, fan_in_scaled: Callable[[str, str], bool]):
+    """A tree of float64 NumPy draws with the shapes of `shapes` (leaves with `.shape`):
+    `N(0, 1)`, or `N(0, 1/fan_in)` for the leaves where `fan_in_scaled(path, name)` holds."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     rng = np.random.default_rng(seed)
     leaves = []
@@ -98,7 +105,7 @@ def random_force_field(
         name = str(getattr(path[-1], "key", path[-1]))
         scale = 1.0 / np.sqrt(leaf.shape[0]) if fan_in_scaled(str(path), name) else 1.0
         leaves.append(scale * rng.standard_normal(leaf.shape))
-    return ForceField(predictor=predictor, params=jax.tree.unflatten(treedef, leaves))
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def _force_field(config, dataset_info: DatasetInfo, properties: Properties, seed: int):
