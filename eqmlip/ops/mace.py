@@ -36,7 +36,6 @@ from .columns import split_columns, split_sizes
 from .cutoffs import ENVELOPE_FUNCTIONS
 from .linear import LinearBlock, block_scale
 from .nequip import ConvPath, irreps_from
-from .segment import segment_sum
 
 
 class ProductPath(NamedTuple):
@@ -380,6 +379,14 @@ def _edge_messages(
     return [m * w[:, None, :] for m, w in zip(done, w_pieces, strict=True)]
 
 
+def _sum_rows(
+    m: Float[Array, "edges _ channels"], rows: Int[Array, " edges"], nodes: int
+) -> Float[Array, "nodes _ channels"]:
+    """`out[n] = sum_{e: rows[e] = n} m[e]`, `rows` in `0..nodes` (row `nodes` is dropped)."""
+    out = jnp.zeros((nodes + 1, *m.shape[1:]), m.dtype)
+    return out.at[rows].add(m, mode="promise_in_bounds")[:nodes]
+
+
 def interaction(
     x: Float[Array, "nodes dim_in"],
     sh: Float[Array, "edges sh_dim"],
@@ -435,11 +442,15 @@ def interaction(
     )
     w_pieces = split_columns(weights, [(p.radial_start, p.mul) for p in paths])
     messages = _edge_messages(x_edges, sh_blocks, w_pieces, paths, avg_num_neighbors)
+    # Receivers outside `0..nodes-1` are dropped (as by `jax.ops.segment_sum`): they add into
+    # an extra row that is cut off. The scatter-adds then need no bounds check, nor does their
+    # gradient (a gather, otherwise followed by an edge-sized select per path).
+    rows = jnp.where((receivers >= 0) & (receivers < nodes), receivers, nodes)
     outs = []
     for k, block in enumerate(linear_out_blocks):
         members = [(p, m) for p, m in zip(paths, messages, strict=True) if p.block == k]
         # A scatter-add per path, joined on the nodes (no edge-sized concatenation).
-        sums = [segment_sum(m, receivers, nodes) for _, m in members]
+        sums = [_sum_rows(m, rows, nodes) for _, m in members]
         summed = jnp.concatenate(sums, axis=-1) if len(sums) > 1 else sums[0]
         cols = np.concatenate([np.arange(p.block_start, p.block_start + p.mul) for p, _ in members])
         w = linear_out_weights[k].astype(dtype)

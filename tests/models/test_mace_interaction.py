@@ -35,6 +35,8 @@ def _case(source: str, target: str, channels: int, l_max: int, dtype):
     )
     senders = jax.random.randint(k[4], (EDGES,), 0, NODES)
     receivers = jax.random.randint(k[5], (EDGES,), 0, NODES + 1)  # NODES: a padding edge
+    # Other receivers outside 0..NODES-1, which every sum drops too.
+    receivers = receivers.at[0].set(-1).at[1].set(NODES + 7)
     static: dict[str, Any] = dict(
         irreps_in=src, paths=paths, linear_out_blocks=blocks, avg_num_neighbors=3.0
     )
