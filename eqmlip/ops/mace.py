@@ -441,7 +441,14 @@ def interaction(
         zip(degrees, split_columns(sh, [(d * d, 2 * d + 1) for d in degrees]), strict=True)
     )
     w_pieces = split_columns(weights, [(p.radial_start, p.mul) for p in paths])
-    messages = _edge_messages(x_edges, sh_blocks, w_pieces, paths, avg_num_neighbors)
+    # Rematerialised: the gradient recomputes the messages from the gathered features, the
+    # spherical harmonics and the radial weights (kept anyway) rather than keeping every
+    # path's `[edges, 2l0+1, channels]` messages from the forward pass: 12 % less peak memory
+    # at 216 Si atoms, and under glibc's default malloc every byte of it is page-faulted
+    # again on each call.
+    messages = jax.checkpoint(
+        functools.partial(_edge_messages, paths=paths, avg_num_neighbors=avg_num_neighbors)
+    )(x_edges, sh_blocks, w_pieces)
     # Receivers outside `0..nodes-1` are dropped (as by `jax.ops.segment_sum`): they add into
     # an extra row that is cut off. The scatter-adds then need no bounds check, nor does their
     # gradient (a gather, otherwise followed by an edge-sized select per path).
