@@ -159,8 +159,9 @@ def _rows_matmul(chunk: Float[Array, "n u m"], w: Float[Array, "u w"]) -> Float[
 
 
 def _columns(chunk: Float[Array, "n u m"]) -> Float[Array, "u nm"]:
-    """The input as a `(mul_in, rows * ir_dim)` matrix, materialised (the barrier stops XLA
-    from folding the transpose back into a dot, which then runs as a slow strided one)."""
+    """The input as a `(mul_in, rows * ir_dim)` matrix, materialised: without the barrier XLA
+    folds the transpose into the dot's dimension numbers, and a dot whose operands are not
+    both row-major goes to the generic kernel."""
     n, mul_in, dim = chunk.shape
     return jax.lax.optimization_barrier(jnp.transpose(chunk, (1, 0, 2)).reshape(mul_in, n * dim))
 
@@ -170,12 +171,14 @@ def _contract_rows(chunk: Float[Array, "n u m"], w: Float[Array, "u w"]) -> Floa
     """`_rows_matmul`, differentiated so that the weight gradient is a plain matmul.
 
     Plain autodiff contracts the rows of the input with those of the output cotangent, a dot
-    with both operands transposed that XLA:CPU runs as a generic (Eigen) kernel, about half as
-    fast as its matmul, on an extra transposed copy of the cotangent. Here, when the weight
-    has a tangent, its term is written as `cols^T dW` with `cols = (mul_in, rows * ir_dim)`
-    materialised; its transpose, the weight gradient, is then `cols @ G`, with `G` the
-    `(rows * ir_dim, mul_out)` cotangent the input gradient already uses. For `l > 0` the
-    forward also takes `cols`: `W^T @ cols`, transposed back (one transpose each, as before).
+    with a transposed operand that XLA:CPU runs on its generic (Eigen) kernel, 1.6x slower
+    than its matmul kernel on these shapes, and on an extra transposed copy of the
+    cotangent. Here, when the weight has a tangent, its term is written as `cols^T dW` with
+    `cols = (mul_in, rows * ir_dim)` materialised; its transpose, the weight gradient, is
+    then `cols @ G`, with `G` the `(rows * ir_dim, mul_out)` cotangent that the input
+    gradient already uses. For `l > 0` the forward then takes `cols` too (`W^T @ cols`,
+    transposed back: one transpose each way, as before). Without a weight tangent (forces,
+    inference) it is the plain matmul.
     Forward mode, vmap and higher derivatives work as for any JAX function.
     """
     return _rows_matmul(chunk, w)
