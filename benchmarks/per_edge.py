@@ -18,11 +18,12 @@ once under each (`default`: GLIBC_TUNABLES unset, `tuned`: eqmlip's `TUNED_MALLO
 prints one JSON line with both; otherwise the script measures the process it is in and says
 which setting that is. `--profile` adds the time per op family (the method of
 `benchmarks/profile_ops.py`) at the smallest and largest size run. `--mallopt` applies the
-tuned settings from inside the process with glibc's `mallopt` (before JAX starts), to compare
-with the tunables read at start.
+tuned settings from inside the process with `eqmlip.tune_malloc()` (glibc's `mallopt`, before
+JAX starts), to compare with the tunables read at start; `--malloc all` runs one process
+each for default, `tune_malloc` and tuned, `--alternations` times over.
 
     python benchmarks/per_edge.py [--cells 2,3,4,6,8] [--rounds 3] [--repeats 2]
-        [--max-gib 6] [--malloc both|here] [--profile] [--mallopt]
+        [--max-gib 6] [--malloc both|all|here] [--alternations 1] [--profile] [--mallopt]
 """
 
 import argparse
@@ -36,28 +37,19 @@ import sys
 import time
 from typing import Any
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-def _mallopt() -> list[int]:
-    """The tuned settings through glibc's `mallopt`, inside a running process (before JAX
-    allocates): an experiment, `--mallopt`, to see whether a library could apply them without
-    a re-exec. Returns mallopt's results (1: accepted)."""
-    import ctypes  # noqa: PLC0415
+if "--mallopt" in sys.argv:
+    # `import eqmlip` does not import JAX, so this runs before JAX's first allocation.
+    import eqmlip  # noqa: E402
 
-    libc = ctypes.CDLL("libc.so.6")
-    # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD (an int: 2 GiB - 1), M_TOP_PAD
-    settings = ((-8, 1), (-4, 0), (-1, 2**31 - 1), (-2, 2**30))
-    return [libc.mallopt(option, value) for option, value in settings]
-
-
-MALLOPT = _mallopt() if "--mallopt" in sys.argv else None
+    eqmlip.tune_malloc()
 
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ase.build import bulk  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from eqmlip import Graph, pad_graph  # noqa: E402
 from eqmlip._allocator import TUNED_MALLOC  # noqa: E402
@@ -76,8 +68,8 @@ def silicon(repeat: int) -> Any:
 
 def _malloc_setting() -> str:
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if MALLOPT is not None:
-        return f"mallopt {MALLOPT}" + (f" over {tunables}" if tunables else "")
+    if "--mallopt" in sys.argv:
+        return "tune_malloc" + (f" over {tunables}" if tunables else "")
     if not tunables:
         return "default"
     return "tuned" if tunables == TUNED_MALLOC else f"custom ({tunables})"
@@ -200,8 +192,12 @@ def main() -> None:
     parser.add_argument(
         "--malloc",
         default="here",
-        choices=("here", "both"),
-        help="here: this process as it is; both: one process per glibc malloc setting",
+        choices=("here", "both", "all"),
+        help="here: this process as it is; both: one process per glibc malloc setting; "
+        "all: also one with tune_malloc",
+    )
+    parser.add_argument(
+        "--alternations", type=int, default=1, help="--malloc both/all: cycles of processes"
     )
     parser.add_argument(
         "--mallopt", action="store_true", help="apply the tuned settings with mallopt (test)"
@@ -210,18 +206,25 @@ def main() -> None:
     parser.add_argument("--profile-repeats", type=int, default=3)
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
-    if args.malloc == "both":
-        runs = {}
-        for setting in ("default", "tuned"):
-            environment = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-            if setting == "tuned":
-                environment["GLIBC_TUNABLES"] = TUNED_MALLOC
-            command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--malloc", "here"]
-            done = subprocess.run(command, env=environment, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"per_edge ({setting} malloc) failed:\n{done.stderr[-2000:]}")
-            runs[setting] = json.loads(done.stdout.strip().splitlines()[-1])["runs"][0]
-        results = list(runs.values())
+    if args.malloc in ("both", "all"):
+        settings = (
+            ("default", "tune_malloc", "tuned") if args.malloc == "all" else ("default", "tuned")
+        )
+        results = []
+        for _ in range(args.alternations):
+            for setting in settings:
+                environment = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+                if setting == "tuned":
+                    environment["GLIBC_TUNABLES"] = TUNED_MALLOC
+                command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+                command += ["--malloc", "here"] + (
+                    ["--mallopt"] if setting == "tune_malloc" else []
+                )
+                done = subprocess.run(command, env=environment, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"per_edge ({setting} malloc) failed:\n{done.stderr[-2000:]}")
+                run = json.loads(done.stdout.strip().splitlines()[-1])
+                results.append(run["runs"][0] | {"load_average": run["load_average"]})
     else:
         results = [measure(args)]
     print(

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from ._allocator import tune_malloc as tune_malloc
 from ._errors import ConfigError as ConfigError, InputError as InputError
 
 if TYPE_CHECKING:

@@ -5,6 +5,7 @@ before JAX initialises, so the pytest process cannot run these checks itself.
 """
 
 import json
+import os
 import sys
 
 import jax
@@ -14,8 +15,18 @@ import jax
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_debug_nans", True)
 
+import ase.build  # noqa: E402, F401
+import e3nn_jax  # noqa: E402, F401
+import equinox  # noqa: E402, F401
+import optax  # noqa: E402, F401
 from jaxtyping import install_import_hook  # noqa: E402
 
+# jaxtyping's import hook rewrites every eqmlip module (7-10 s at each start where bytecode
+# is not written); the workers of one session share that bytecode in a folder of their own
+# (tests/parallel/_run.py). The libraries above keep their installed bytecode.
+_pycache = os.environ.get("EQMLIP_TEST_PYCACHE")
+if _pycache:
+    sys.pycache_prefix, sys.dont_write_bytecode = _pycache, False
 with install_import_hook(
     "eqmlip", "beartype.beartype(conf=beartype.BeartypeConf(strategy=beartype.BeartypeStrategy.On))"
 ):

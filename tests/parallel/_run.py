@@ -19,11 +19,21 @@ from typing import Any
 HERE = Path(__file__).parent
 
 
-def worker_env(devices: int) -> dict[str, str]:
-    """The environment of a worker: `devices` forced CPU devices, no accelerator."""
+# LLVM's optimisation of the generated CPU code is a large part of each compile (a
+# data-parallel step took 4.0-4.4 s at the default level, 2.4-2.8 s at 0, load 4-5). These
+# tests check how XLA partitions and reduces across devices, which happens in XLA's own
+# passes before LLVM, and compare programs built with the same flags, so they skip it.
+_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def worker_env(devices: int, pycache: str | None = None) -> dict[str, str]:
+    """The environment of a worker: `devices` forced CPU devices, no accelerator, and the
+    bytecode folder the workers of a session share (`pycache`, see _common.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    if pycache is not None:
+        env["EQMLIP_TEST_PYCACHE"] = pycache
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {_XLA_FLAGS}",
         JAX_PLATFORMS="cpu",
         PYTHONUNBUFFERED="1",
     )
@@ -51,7 +61,15 @@ class Job:
     killed `timeout` seconds after the start.
     """
 
-    def __init__(self, script: str, devices: int, timeout: float, *args: str, processes=1):
+    def __init__(
+        self,
+        script: str,
+        devices: int,
+        timeout: float,
+        *args: str,
+        processes: int = 1,
+        pycache: str | None = None,
+    ):
         self.timeout = timeout
         self.start = time.monotonic()
         if processes == 1:
@@ -62,7 +80,7 @@ class Job:
         self.procs = [
             subprocess.Popen(
                 [sys.executable, str(HERE / script), *argv],
-                env=worker_env(devices),
+                env=worker_env(devices, pycache),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

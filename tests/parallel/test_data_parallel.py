@@ -10,6 +10,7 @@ def result(jobs):
 
 
 def test_loss_and_gradient_match_single_device(result):
+    # The first step's loss and gradient (of the trainable leaves, as the optimizer gets it).
     assert result["loss_rel"] <= 1e-6
     assert result["grad_rel"] <= 1e-6
     assert result["grad_max"] > 1e-3  # a gradient that is not trivially zero
