@@ -35,7 +35,8 @@ from . import nequip
 from .columns import split_columns, split_sizes
 from .cutoffs import ENVELOPE_FUNCTIONS
 from .linear import LinearBlock, block_scale
-from .nequip import ConvPath, irreps_from
+from .nequip import ConvPath, diagonal_constant, irreps_from, path_coefficients
+from .segment import segment_sum
 
 
 class ProductPath(NamedTuple):
@@ -349,11 +350,11 @@ def _edge_messages(
     groups: dict[tuple[int, int], list[int]] = {}
     for k, p in enumerate(paths):
         x = x_edges[p.i_in]
-        coef = nequip._path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
+        coef = path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
         if p.l2 == 0:  # C'[a, b, 0] = c delta_ab; Y^0 = 1 is not read
-            outs[k] = x * nequip._diagonal_constant(coef[:, :, 0])
+            outs[k] = x * diagonal_constant(coef[:, :, 0])
         elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
-            y = sh_blocks[p.l2] * nequip._diagonal_constant(coef[:, 0, :])
+            y = sh_blocks[p.l2] * diagonal_constant(coef[:, 0, :])
             outs[k] = y[:, :, None] * x
         else:
             groups.setdefault((p.i_in, p.l2), []).append(k)
@@ -362,7 +363,7 @@ def _edge_messages(
         edges, d1, _ = x.shape
         coef = np.concatenate(
             [
-                nequip._path_coefficients(paths[k].l0, paths[k].l1, l2, float(avg_num_neighbors))
+                path_coefficients(paths[k].l0, paths[k].l1, l2, float(avg_num_neighbors))
                 for k in members
             ],
             axis=0,
@@ -377,14 +378,6 @@ def _edge_messages(
     done = [m for m in outs if m is not None]
     assert len(done) == len(paths)
     return [m * w[:, None, :] for m, w in zip(done, w_pieces, strict=True)]
-
-
-def _sum_rows(
-    m: Float[Array, "edges _ channels"], rows: Int[Array, " edges"], nodes: int
-) -> Float[Array, "nodes _ channels"]:
-    """`out[n] = sum_{e: rows[e] = n} m[e]`, `rows` in `0..nodes` (row `nodes` is dropped)."""
-    out = jnp.zeros((nodes + 1, *m.shape[1:]), m.dtype)
-    return out.at[rows].add(m, mode="promise_in_bounds")[:nodes]
 
 
 def interaction(
@@ -449,15 +442,11 @@ def interaction(
     messages = jax.checkpoint(
         functools.partial(_edge_messages, paths=paths, avg_num_neighbors=avg_num_neighbors)
     )(x_edges, sh_blocks, w_pieces)
-    # Receivers outside `0..nodes-1` are dropped (as by `jax.ops.segment_sum`): they add into
-    # an extra row that is cut off. The scatter-adds then need no bounds check, nor does their
-    # gradient (a gather, otherwise followed by an edge-sized select per path).
-    rows = jnp.where((receivers >= 0) & (receivers < nodes), receivers, nodes)
     outs = []
     for k, block in enumerate(linear_out_blocks):
         members = [(p, m) for p, m in zip(paths, messages, strict=True) if p.block == k]
         # A scatter-add per path, joined on the nodes (no edge-sized concatenation).
-        sums = [_sum_rows(m, rows, nodes) for _, m in members]
+        sums = [segment_sum(m, receivers, nodes) for _, m in members]
         summed = jnp.concatenate(sums, axis=-1) if len(sums) > 1 else sums[0]
         cols = np.concatenate([np.arange(p.block_start, p.block_start + p.mul) for p, _ in members])
         w = linear_out_weights[k].astype(dtype)

@@ -204,14 +204,22 @@ def radial_mlp_columns(
 
 
 @functools.lru_cache(maxsize=256)
-def _path_coefficients(l0: int, l1: int, l2: int, avg_num_neighbors: float) -> np.ndarray:
-    """`C^{l0 l1 l2} sqrt(2 l0 + 1) / avg_num_neighbors`, float64, shape `(2l0+1, 2l1+1, 2l2+1)`."""
+def path_coefficients(l0: int, l1: int, l2: int, avg_num_neighbors: float) -> np.ndarray:
+    """The coefficients of one convolution path `l1 (x) l2 -> l0`, with the path's
+    normalisation and the division by the average neighbour count folded in (shared by
+    [`eqmlip.ops.nequip.interaction`][] and [`eqmlip.ops.mace.interaction`][]):
+
+    $$C'_{abc} = C^{l_0 l_1 l_2}_{abc} \\sqrt{2 l_0 + 1} / \\bar n$$
+
+    **Returns:** float64 NumPy array `(2l0+1, 2l1+1, 2l2+1)` (cached; do not modify it).
+    """
     cg = np.asarray(e3nn.clebsch_gordan(l0, l1, l2), dtype=np.float64)
     return cg * math.sqrt(2 * l0 + 1) / avg_num_neighbors
 
 
-def _diagonal_constant(matrix: np.ndarray) -> float:
-    """The constant `c` of a matrix `c I` (checked)."""
+def diagonal_constant(matrix: np.ndarray) -> float:
+    """The constant `c` of a square matrix equal to `c I` (a path with `l1 = 0` or `l2 = 0`,
+    whose product is then a scaling); asserts that the matrix is diagonal and constant."""
     c = float(matrix[0, 0])
     assert np.allclose(matrix, c * np.eye(len(matrix)), rtol=0, atol=1e-12), matrix
     return c
@@ -275,15 +283,15 @@ def _messages(
         edges = x.shape[0]
         x = x.reshape(edges, p.mul, d1)
         y = sh_blocks[p.l2]
-        coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
+        coef = path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
         if p.l2 == 0:  # C'[a, b, 0] = c delta_ab; Y^0 = 1 is not read (its gradient is waste)
-            m = x * _diagonal_constant(coef[:, :, 0])
+            m = x * diagonal_constant(coef[:, :, 0])
         elif p.l1 == 0:  # C'[a, 0, c] = c delta_ac
-            m = _outer(x[:, :, 0], _diagonal_constant(coef[:, 0, :]) * y)
+            m = _outer(x[:, :, 0], diagonal_constant(coef[:, 0, :]) * y)
         elif p.l0 == 0:  # C'[0, b, c] = c delta_bc: a scaled dot product over m
             # A batched matrix-vector product: XLA:CPU runs a multiply-and-reduce over the
             # 2l+1 components (and its transpose) several times slower.
-            m = jnp.einsum("eub,eb->eu", x, y * _diagonal_constant(coef[0]))[:, :, None]
+            m = jnp.einsum("eub,eb->eu", x, y * diagonal_constant(coef[0]))[:, :, None]
         else:
             a = jnp.einsum("abc,ec->eab", jnp.asarray(coef, x.dtype), y)
             m = jnp.einsum("eub,eab->eua", x, a)
@@ -404,8 +412,8 @@ def interaction(
         )
         mixed = None
         for p, w in zip(members, w_out, strict=True):
-            coef = _path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
-            c = _diagonal_constant(coef[:, 0, :]) * scale
+            coef = path_coefficients(p.l0, p.l1, p.l2, float(avg_num_neighbors))
+            c = diagonal_constant(coef[:, 0, :]) * scale
             z = (x_chunks[p.i_in] * w_of[p]) @ (w * c).T
             mixed = z if mixed is None else mixed + z
         assert mixed is not None

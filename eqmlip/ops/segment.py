@@ -166,14 +166,31 @@ def segment_sum(
 ) -> Float[Array, " {num_segments} *rest"]:
     """`out[s] = sum_{i: ids[i] = s} data[i]`; ids outside `0..num_segments-1` are dropped.
 
-    `deterministic=False` is `jax.ops.segment_sum` (a scatter-add, whose summation order on GPU
-    depends on thread timing). `deterministic=True` sorts the items by segment (stable), takes a
-    segmented inclusive scan (`jax.lax.associative_scan`, a fixed reduction tree) and reads the
-    last item of each segment: bit-for-bit reproducible on every backend, and so is its
-    gradient (a gather and scans; the only scatters write distinct indices).
+    `deterministic=False` gives the sums of `jax.ops.segment_sum` with one scatter-add (whose
+    summation order on GPU depends on thread timing): out-of-range ids are sent to an extra
+    row `num_segments`, cut off afterwards, so the scatter-add and its gradient (a gather) are
+    promised in-bounds indices and XLA emits no bounds checks, nor the items-sized select that
+    would otherwise drop the out-of-range entries of the gradient. `deterministic=True` sorts
+    the items by segment (stable), takes a segmented inclusive scan (`jax.lax.associative_scan`,
+    a fixed reduction tree) and reads the last item of each segment: bit-for-bit reproducible
+    on every backend, and so is its gradient (a gather and scans; the only scatters write
+    distinct indices).
+
+    **Arguments:**
+
+    - `data`: the items `(items, *rest)`.
+    - `segment_ids`: integer segment of each item `(items,)`.
+    - `num_segments`: the number of segments (static).
+    - `deterministic`: use the sorted scan instead of a scatter-add.
+
+    **Returns:** `(num_segments, *rest)` in the dtype of `data`.
     """
     if not deterministic:
-        return jax.ops.segment_sum(data, segment_ids, num_segments=num_segments)
+        rows = jnp.where(
+            (segment_ids >= 0) & (segment_ids < num_segments), segment_ids, num_segments
+        ).astype(jnp.int32)
+        out = jnp.zeros((num_segments + 1, *data.shape[1:]), data.dtype)
+        return out.at[rows].add(data, mode="promise_in_bounds")[:num_segments]
     items = data.shape[0]
     if items == 0:
         return jnp.zeros((num_segments, *data.shape[1:]), data.dtype)

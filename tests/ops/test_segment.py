@@ -59,6 +59,88 @@ def test_deterministic_segment_sum():
     assert empty.shape == (3, 2) and not np.any(np.asarray(empty))
 
 
+def _numpy_segment_sum(data, ids, num_segments):
+    out = np.zeros((num_segments, *data.shape[1:]), data.dtype)
+    for row, i in zip(data, ids, strict=True):
+        if 0 <= i < num_segments:
+            out[i] += row
+    return out
+
+
+def test_segment_sum_drops_out_of_range_ids():
+    """Items with a negative id or one `>= num_segments` add nowhere; empty segments are 0."""
+    data = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], np.float32)
+    ids = np.array([0, -1, 2, 3, 2, -7, 0], np.int32)  # 3 is out of range, segment 1 empty
+    out = jax.jit(lambda d, i: ops.segment.segment_sum(d, i, 3))(data, ids)
+    assert out.shape == (3,) and out.dtype == jnp.float32
+    assert np.array_equal(np.asarray(out), [65.0, 0.0, 20.0])
+
+
+@pytest.mark.parametrize("rest", [(), (3,), (2, 5), (4, 0)], ids=["1d", "3", "2x5", "4x0"])
+def test_segment_sum_matches_jax_and_numpy(x64, rest):
+    """Values, and gradients for a random cotangent, equal `jax.ops.segment_sum`'s (which also
+    drops out-of-range ids), for any trailing shape, in the dtype of the data."""
+    dtype = jnp.float64 if x64 else jnp.float32
+    data = jr.normal(K(6), (40, *rest), dtype)
+    ids = jr.randint(K(7), (40,), -3, 10)  # segments 0..6, some ids out of range on both sides
+    cotangent = jr.normal(K(8), (7, *rest), dtype)
+    ours = jax.jit(lambda d: ops.segment.segment_sum(d, ids, 7))
+    theirs = jax.jit(lambda d: jax.ops.segment_sum(d, ids, num_segments=7))
+    out = ours(data)
+    assert out.shape == (7, *rest) and out.dtype == dtype
+    np.testing.assert_allclose(
+        out, _numpy_segment_sum(np.asarray(data), np.asarray(ids), 7), rtol=1e-6, atol=1e-6
+    )
+    _, vjp_ours = jax.vjp(ours, data)
+    _, vjp_theirs = jax.vjp(theirs, data)
+    (grad,), (expected,) = vjp_ours(cotangent), vjp_theirs(cotangent)
+    # A gather: exactly the cotangent's row, or 0 for a dropped item.
+    assert np.array_equal(np.asarray(grad), np.asarray(expected))
+    dropped = (np.asarray(ids) < 0) | (np.asarray(ids) >= 7)
+    assert dropped.any() and not np.any(np.asarray(grad)[dropped])
+
+
+def test_segment_sum_under_vmap_and_empty_inputs():
+    """Batched data and ids (each batch its own ids) give the per-batch sums and gradients;
+    no items, or no segments, give zeros of the right shape."""
+    data = jr.normal(K(9), (3, 20, 2))
+    ids = jr.randint(K(10), (3, 20), -2, 7)
+    batched = jax.jit(jax.vmap(lambda d, i: ops.segment.segment_sum(d, i, 5)))
+    out = batched(data, ids)
+    assert out.shape == (3, 5, 2)
+    for b in range(3):
+        np.testing.assert_allclose(
+            out[b], _numpy_segment_sum(np.asarray(data[b]), np.asarray(ids[b]), 5), atol=1e-6
+        )
+    grad = jax.jit(jax.grad(lambda d: jnp.sum(jnp.sin(batched(d, ids)))))(data)
+    reference = jax.vmap(lambda d, i: jax.ops.segment_sum(d, i, num_segments=5))
+    expected = jax.jit(jax.grad(lambda d: jnp.sum(jnp.sin(reference(d, ids)))))(data)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+    empty = jax.jit(lambda d, i: ops.segment.segment_sum(d, i, 3))(
+        jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32)
+    )
+    assert empty.shape == (3, 2) and not np.any(np.asarray(empty))
+    none = ops.segment.segment_sum(jnp.ones((4, 2)), jnp.zeros((4,), jnp.int32), 0)
+    assert none.shape == (0, 2)
+
+
+def test_segment_sum_promises_in_bounds_indices():
+    """The scatter-add and its gradient's gather carry in-bounds promises (no bounds checks;
+    out-of-range ids go to an extra row instead), the point of not calling
+    `jax.ops.segment_sum`."""
+    ids = jnp.array([0, 5, -1, 2])
+    jaxpr = jax.make_jaxpr(jax.grad(lambda d: jnp.sum(ops.segment.segment_sum(d, ids, 3) ** 2)))(
+        jnp.ones((4, 2))
+    )
+    modes = {
+        e.primitive.name: e.params["mode"]
+        for e in jaxpr.jaxpr.eqns
+        if e.primitive.name in ("scatter-add", "gather")
+    }
+    promise = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
+    assert modes == {"scatter-add": promise, "gather": promise}, jaxpr
+
+
 @jax.jit
 def _norm_and_grad(x):
     return ops.segment.norm(x, axis=-1), jax.grad(lambda x: jnp.sum(ops.segment.norm(x, axis=-1)))(
