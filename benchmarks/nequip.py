@@ -4,11 +4,16 @@ For the default config (target irreps "128x0e + 128x0o + 64x1o + 64x1e + 4x2e + 
 l_max 3, 2 layers, 8 Bessel functions, radial MLP [64, 64]) on a 21-atom organic molecule
 (1-hexanol, cutoff 5 Å) and a 512-atom periodic Si crystal: builds mlip's `ForceField`,
 converts its weights with `eqmlip.interop.from_mlip`, checks that both give the same energies
-and forces, then times the compile and the steady-state step of each and prints one JSON line
-(medians, compile times, XLA's peak-memory estimate of each compiled step, ratios
-mlip / eqmlip: > 1 means eqmlip is faster or smaller).
+and forces, then times the compile of each step separately, and the steady-state steps in
+`--rounds` interleaved rounds of `--repeats` steps of each library (eqmlip first in even
+rounds, mlip in odd ones), so that a change of load on a shared machine reaches both. Prints
+one JSON line: medians over all steps and their ratio, the median, range and list of the
+per-round ratios, eqmlip's 10th/90th percentile step, compile times, XLA's peak-memory
+estimate of each compiled step; ratios are mlip / eqmlip: > 1 means eqmlip is faster or
+smaller.
 
-    python benchmarks/nequip.py [--repeats 50] [--crystal-repeats 10] [--systems molecule,crystal]
+    python benchmarks/nequip.py [--rounds 7] [--repeats 7] [--crystal-repeats 1]
+        [--systems molecule,crystal]
 """
 
 import argparse
@@ -18,6 +23,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 if os.environ.get("MLIP_TESTING"):
@@ -126,31 +132,76 @@ def _peak_bytes(compiled: Any) -> int | None:
     return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes)
 
 
-def _time(fn: Any, *args: Any, repeats: int) -> tuple[float, float, int | None]:
-    """(compile seconds, median step seconds, peak bytes) of `fn`.
+def _compile(fn: Any, args: tuple) -> tuple[Any, float, int | None]:
+    """(jitted `fn`, compile seconds, peak bytes) for arguments already on the device.
 
-    The compile is timed on a fresh `jax.jit(fn).lower(...).compile()` after clearing JAX's
-    caches; the steps through `jax.jit(fn)` itself (its C++ dispatch, as a user's jitted call),
-    on arguments already on the device, so host-to-device copies and Python argument handling
-    are not counted for either library.
+    The compile is timed on `jax.jit(fn).lower(...).compile()`; the steps then go through that
+    `jax.jit(fn)` (its C++ dispatch, as a user's jitted call), which reuses the executable. The
+    caller clears JAX's caches once before compiling both libraries' steps: a clear between
+    them would drop the first one's executable.
     """
-    args = jax.device_put(args)
     jitted = jax.jit(fn)
-    jax.clear_caches()  # or the correctness check's executable is served from the cache
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    jax.block_until_ready(jitted(*args))  # reuses that executable; warm-up
-    jax.block_until_ready(jitted(*args))
-    steps = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
-        steps.append(time.perf_counter() - start)
-    return compile_s, statistics.median(steps), _peak_bytes(compiled)
+    return jitted, compile_s, _peak_bytes(compiled)
 
 
-def run_system(name: str, atoms: ase.Atoms, force_field: ForceField, repeats: int) -> dict:
+def interleaved(
+    ours: Callable[[], Any], theirs: Callable[[], Any], rounds: int, repeats: int
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of every step of `ours` and `theirs` (each blocks until its result is ready) and
+    the ratio theirs / ours of the medians of each round.
+
+    Each of `rounds` rounds runs `repeats` steps of one then `repeats` of the other, eqmlip
+    first in even rounds and the reference first in odd ones, so that a change of load on a
+    shared machine reaches both. An untimed round comes first: the first steps after
+    compiling are slow.
+    """
+    steps = (ours, theirs)
+    for step in steps:
+        for _ in range(max(2, repeats)):
+            step()
+    times: tuple[list[float], list[float]] = ([], [])
+    ratios = []
+    for r in range(rounds):
+        medians = [0.0, 0.0]
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            record = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                steps[i]()
+                record.append(time.perf_counter() - start)
+            times[i].extend(record)
+            medians[i] = statistics.median(record)
+        ratios.append(medians[1] / medians[0])
+    return times[0], times[1], ratios
+
+
+def timing_summary(
+    ours: list[float], theirs: list[float], ratios: list[float], reference: str = "mlip"
+) -> dict[str, Any]:
+    """The JSON keys of an interleaved comparison: medians over all steps and their ratio
+    (reference / eqmlip, > 1: eqmlip is faster), the per-round ratios (median, range, each
+    round), and eqmlip's 10th and 90th percentile step (its steps spread widely at a few ms)."""
+    omed, tmed = statistics.median(ours), statistics.median(theirs)
+    deciles = statistics.quantiles(ours, n=10, method="inclusive") if len(ours) > 1 else ours * 9
+    return {
+        "eqmlip_median_ms": round(omed * 1e3, 3),
+        f"{reference}_median_ms": round(tmed * 1e3, 3),
+        f"speedup_vs_{reference}": round(tmed / omed, 3),
+        "speedup_per_round_median": round(statistics.median(ratios), 3),
+        "speedup_per_round_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
+        f"round_speedups_vs_{reference}": [round(x, 3) for x in ratios],
+        "eqmlip_p10_ms": round(deciles[0] * 1e3, 3),
+        "eqmlip_p90_ms": round(deciles[-1] * 1e3, 3),
+    }
+
+
+def checked_steps(name: str, atoms: ase.Atoms, force_field: ForceField) -> dict[str, Any]:
+    """Both libraries' energy+forces steps on `atoms`, checked against each other: the
+    converted eqmlip model's `eqmlip_step(params, graph)` and mlip's `mlip_step(params, graph)`
+    with their arguments (`eqmlip_args`, `mlip_args`) and the errors."""
     model = from_mlip(force_field.params, force_field.predictor.mlip_network.config, _INFO)
     params, static = eqx.partition(model, eqx.is_array)
     mgraph, egraph = mlip_graph(atoms), eqmlip_graph(atoms)
@@ -164,33 +215,53 @@ def run_system(name: str, atoms: ase.Atoms, force_field: ForceField, repeats: in
         out = predict(eqx.combine(params, static), graph, stress=False)
         return out.energy, out.forces
 
-    # Correctness first.
     e_ref, f_ref = jax.jit(mlip_step)(force_field.params, mgraph)
     e_ours, f_ours = jax.jit(eqmlip_step)(params, egraph)
+    if not (np.isfinite(e_ours[0]) and np.all(np.isfinite(np.asarray(f_ours)[:n]))):
+        raise SystemExit(f"{name}: eqmlip's energy or forces are not finite")
     energy_error = float(abs(e_ours[0] - e_ref[0]) / abs(e_ref[0]))
     force_error = float(np.max(np.abs(np.asarray(f_ours)[:n] - np.asarray(f_ref)[:n])))
     if energy_error > 1e-6 or force_error > 1e-4:
         raise SystemExit(f"{name}: eqmlip and mlip disagree: {energy_error=}, {force_error=}")
-
-    ours = _time(eqmlip_step, params, egraph, repeats=repeats)
-    theirs = _time(mlip_step, force_field.params, mgraph, repeats=repeats)
-    result = {
-        "atoms": n,
-        "edges": int(egraph.n_edge[0]),
+    return {
+        "eqmlip_step": eqmlip_step,
+        "eqmlip_args": jax.device_put((params, egraph)),
+        "mlip_step": mlip_step,
+        "mlip_args": jax.device_put((force_field.params, mgraph)),
         "energy_relative_error": energy_error,
         "force_max_abs_error": force_error,
-        "eqmlip_median_ms": round(ours[1] * 1e3, 3),
-        "mlip_median_ms": round(theirs[1] * 1e3, 3),
-        "speedup_vs_mlip": round(theirs[1] / ours[1], 3),
-        "eqmlip_compile_s": round(ours[0], 3),
-        "mlip_compile_s": round(theirs[0], 3),
-        "compile_speedup_vs_mlip": round(theirs[0] / ours[0], 3),
     }
-    if ours[2] and theirs[2]:
+
+
+def run_system(
+    name: str, atoms: ase.Atoms, force_field: ForceField, rounds: int, repeats: int
+) -> dict:
+    built = checked_steps(name, atoms, force_field)  # correctness first
+    oargs, margs = built["eqmlip_args"], built["mlip_args"]
+    jax.clear_caches()  # or the correctness check's executables are served from the cache
+    ojit, ocompile, opeak = _compile(built["eqmlip_step"], oargs)
+    mjit, mcompile, mpeak = _compile(built["mlip_step"], margs)
+    ours, theirs, ratios = interleaved(
+        lambda: jax.block_until_ready(ojit(*oargs)),
+        lambda: jax.block_until_ready(mjit(*margs)),
+        rounds,
+        repeats,
+    )
+    result = {
+        "atoms": len(atoms),
+        "edges": int(oargs[1].n_edge[0]),
+        "energy_relative_error": built["energy_relative_error"],
+        "force_max_abs_error": built["force_max_abs_error"],
+        **timing_summary(ours, theirs, ratios),
+        "eqmlip_compile_s": round(ocompile, 3),
+        "mlip_compile_s": round(mcompile, 3),
+        "compile_speedup_vs_mlip": round(mcompile / ocompile, 3),
+    }
+    if opeak and mpeak:
         result |= {
-            "eqmlip_peak_mib": round(ours[2] / 2**20, 2),
-            "mlip_peak_mib": round(theirs[2] / 2**20, 2),
-            "memory_ratio_vs_mlip": round(theirs[2] / ours[2], 3),
+            "eqmlip_peak_mib": round(opeak / 2**20, 2),
+            "mlip_peak_mib": round(mpeak / 2**20, 2),
+            "memory_ratio_vs_mlip": round(mpeak / opeak, 3),
         }
     return result
 
@@ -200,22 +271,31 @@ _INFO = DatasetInfo(atomic_energies_map=E0, graph_cutoff_angstrom=CUTOFF, avg_nu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="NequIP energy+forces, eqmlip vs mlip.")
-    parser.add_argument("--repeats", type=int, default=50, help="timed steps, molecule")
-    parser.add_argument("--crystal-repeats", type=int, default=10, help="timed steps, crystal")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--repeats", type=int, default=7, help="steps per round, molecule")
+    parser.add_argument("--crystal-repeats", type=int, default=1, help="steps per round, crystal")
     parser.add_argument("--systems", default="molecule,crystal")
     args = parser.parse_args()
+    if min(args.rounds, args.repeats, args.crystal_repeats) < 1:
+        parser.error("--rounds, --repeats and --crystal-repeats must be at least 1")
+    systems = {"molecule": hexanol, "crystal": silicon}
+    names = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(names) - set(systems))
+    if unknown:
+        parser.error(f"unknown system(s) {unknown}; expected some of {sorted(systems)}")
 
+    load_start = os.getloadavg()[0]
     config = MlipNequipConfig(target_irreps=DEFAULT_TARGET)
     force_field = mlip_force_field(config, _INFO)
-    systems = {"molecule": hexanol, "crystal": silicon}
     results = {
         name: run_system(
             name,
             systems[name](),
             force_field,
+            args.rounds,
             args.crystal_repeats if name == "crystal" else args.repeats,
         )
-        for name in args.systems.split(",")
+        for name in names
     }
     print(
         json.dumps(
@@ -225,7 +305,9 @@ def main() -> None:
                 "cutoff": CUTOFF,
                 "dtype": str(jax.numpy.zeros(()).dtype),
                 **results,
+                "rounds": args.rounds,
                 "repeats": {"molecule": args.repeats, "crystal": args.crystal_repeats},
+                "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
                 "jax": jax.__version__,
                 "device": jax.devices()[0].device_kind,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -7,8 +7,16 @@ without its setting. Each script checks correctness itself and prints one JSON l
 collects the last line of each, with the wall time, into `--out`. `plot_scaling.py` redraws
 the step-time figures of docs/benchmarks.md (one per setting).
 
+A few-ms step's median can move more from one fresh process to the next than within one
+process: `--processes N` runs each script N times, each in a fresh process. Then
+`results[name][malloc]` holds `"status"` (failed if any process failed), `"processes"`, the N
+runs (each as a single run's entry), and `"summary"`: for every numeric key of the script's
+JSON whose name starts with `speedup` (nested keys joined by dots, e.g.
+`molecule.speedup_vs_mlip`), the median, min and max over the processes that succeeded and
+their count `n`. With N = 1 (the default) the entry is the single run's, as before.
+
     python benchmarks/run_all.py [--only nequip,train] [--malloc default,tuned] [--quick]
-        [--out benchmarks/results.json] [--model runs/default/model.eqx]
+        [--processes 1] [--out benchmarks/results.json] [--model runs/default/model.eqx]
 
 `--quick` runs every script at small sizes and few repeats: a check that they all still run,
 not figures to quote. `md_conservation` needs a trained Cu-Au model (`--model`), and `nequix`
@@ -21,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -36,8 +45,8 @@ from eqmlip._allocator import TUNED_MALLOC  # noqa: E402
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "linear": ([], ["--rows", "500", "--repeats", "3"]),
     "message_pass": ([], ["--nodes", "100", "--edges", "1000", "--repeats", "3"]),
-    "nequip": ([], ["--systems", "molecule", "--repeats", "3"]),
-    "train": ([], ["--repeats", "3"]),
+    "nequip": ([], ["--systems", "molecule", "--rounds", "2", "--repeats", "3"]),
+    "train": ([], ["--rounds", "2", "--repeats", "3"]),
     "mace": ([], ["--systems", "molecule", "--repeats", "3"]),
     "e3x_model": ([], ["--systems", "molecule", "--repeats", "3"]),
     "md": ([], ["--systems", "molecule", "--steps", "20", "--ase-steps", "5", "--repeats", "1"]),
@@ -90,6 +99,43 @@ def _run(name: str, arguments: list[str], malloc: str) -> dict[str, Any]:
     return {"status": "ok", "wall_s": wall_s, "result": result}
 
 
+def _speedups(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every numeric value of `result` (nested dicts included) whose key starts with
+    `speedup`, by its dotted path."""
+    found: dict[str, float] = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            found |= _speedups(value, f"{prefix}{key}.")
+        elif (
+            key.startswith("speedup")
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            found[prefix + key] = value
+    return found
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One setting's N processes: the runs, and median/min/max over the successful ones of each
+    `speedup*` key (see the module docstring); failed when any process failed."""
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        if run["status"] == "ok":
+            for key, value in _speedups(run["result"]).items():
+                values.setdefault(key, []).append(value)
+    summary = {
+        key: {
+            "median": round(statistics.median(v), 3),
+            "min": min(v),
+            "max": max(v),
+            "n": len(v),
+        }
+        for key, v in values.items()
+    }
+    failed = any(run["status"] != "ok" for run in runs)
+    return {"status": "failed" if failed else "ok", "processes": runs, "summary": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Every benchmark, both malloc settings, one JSON file."
@@ -97,6 +143,9 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated names")
     parser.add_argument("--malloc", default="default,tuned", help="default, tuned or both")
     parser.add_argument("--quick", action="store_true", help="small sizes: does it all run?")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="fresh processes per script and setting"
+    )
     parser.add_argument("--out", default=str(HERE / "results.json"))
     parser.add_argument("--model", default=None, help="trained Cu-Au model, md_conservation")
     args = parser.parse_args()
@@ -108,6 +157,8 @@ def main() -> None:
     settings = [m for m in args.malloc.split(",") if m]
     if not settings or set(settings) - {"default", "tuned"}:
         parser.error(f"--malloc {args.malloc!r}: expected 'default', 'tuned' or both")
+    if args.processes < 1:
+        parser.error(f"--processes {args.processes}: expected at least 1")
 
     results: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -130,14 +181,21 @@ def main() -> None:
             if name == "plot_scaling":
                 suffix = "" if malloc == "default" else f"-{malloc}-malloc"
                 extra = ["--out", f"docs/assets/nequip-step-time{suffix}.png"]
-            results[name][malloc] = _run(name, arguments + extra, malloc)
-            print(json.dumps({name: {malloc: results[name][malloc]}}), flush=True)
+            runs = []
+            for _ in range(args.processes):
+                runs.append(_run(name, arguments + extra, malloc))
+                print(json.dumps({name: {malloc: runs[-1]}}), flush=True)
+            results[name][malloc] = runs[0] if args.processes == 1 else summarise(runs)
+            if args.processes > 1:
+                summary = results[name][malloc]["summary"]
+                print(json.dumps({name: {malloc: {"summary": summary}}}), flush=True)
 
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "quick": args.quick,
+        "processes": args.processes,
         "tuned_malloc": TUNED_MALLOC,
         "results": results,
     }

@@ -20,12 +20,15 @@ MSE per structure then over structures, eqmlip over all atoms of the batch. Henc
 batch. Targets are synthetic (the E0 sum plus noise, random forces): the step's cost does not
 depend on their values, and EMT does not cover g2's elements.
 
-Correctness first: the first step's loss must agree within 1e-5 (relative). Then each step
-is compiled afresh after `jax.clear_caches()` and timed on its first call (trace + compile +
-one step; the compile time reported is that minus the median step) and on `--repeats`
-further steps (median). Prints one JSON line; `speedup_vs_mlip` > 1 means eqmlip is faster.
+Correctness first: the first step's loss must agree within 1e-5 (relative). Then, after
+`jax.clear_caches()`, each step is compiled afresh and timed on its first call (trace +
+compile + one step; the compile time reported is that minus the median step), and the
+steady-state steps in `--rounds` interleaved rounds of `--repeats` steps of each library
+(eqmlip first in even rounds, mlip in odd ones; `benchmarks/nequip.py`'s `interleaved`).
+Prints one JSON line: medians over all steps, the median, range and list of the per-round
+ratios, eqmlip's 10th/90th percentile step; `speedup_vs_mlip` > 1 means eqmlip is faster.
 
-    python benchmarks/train.py [--atoms 9] [--batch 8] [--repeats 20]
+    python benchmarks/train.py [--atoms 9] [--batch 8] [--rounds 7] [--repeats 3]
 """
 
 import argparse
@@ -33,6 +36,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -55,9 +59,12 @@ from mlip.training.training_state import init_training_state
 from mlip.training.training_step import make_train_step
 from mlip.typing.properties import Properties
 
-from eqmlip.data import Budget, Structure, make_batch, structure_graph
-from eqmlip.interop.mlip import from_mlip
-from eqmlip.training import (
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.nequip import interleaved, timing_summary  # noqa: E402
+from eqmlip.data import Budget, Structure, make_batch, structure_graph  # noqa: E402
+from eqmlip.interop.mlip import from_mlip  # noqa: E402
+from eqmlip.training import (  # noqa: E402
     Loss,
     TrainConfig,
     cast_batch,
@@ -138,19 +145,21 @@ def eqmlip_batch(structures: list[Structure]) -> Any:
     return make_batch(structures, graphs, Budget(nodes + 1, edges, len(graphs) + 1))
 
 
-def _time(step: Any, state: Any, repeats: int) -> tuple[float, float]:
-    """(compile seconds, median step seconds) of `step(state) -> state` compiled afresh."""
-    jax.clear_caches()  # or the correctness check's executable is served from the cache
+class _Stepper:
+    """`step(state) -> state` as a no-argument call that advances its own state and blocks."""
+
+    def __init__(self, step: Any, state: Any):
+        self.step, self.state = step, state
+
+    def __call__(self) -> None:
+        self.state = jax.block_until_ready(self.step(self.state))
+
+
+def _first_call(stepper: _Stepper) -> float:
+    """Seconds of the first call: trace, compile and one step."""
     start = time.perf_counter()
-    state = jax.block_until_ready(step(state))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state = jax.block_until_ready(step(state))
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return first - median, median
+    stepper()
+    return time.perf_counter() - start
 
 
 def training_steps(
@@ -239,14 +248,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="NequIP training step, eqmlip vs mlip.")
     parser.add_argument("--atoms", type=int, default=9, help="atoms per molecule")
     parser.add_argument("--batch", type=int, default=8, help="molecules per batch")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--repeats", type=int, default=3, help="steps per round")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     args = parser.parse_args()
+    if min(args.rounds, args.repeats) < 1:
+        parser.error("--rounds and --repeats must be at least 1")
 
     built = build(args.atoms, args.batch, args.learning_rate)
     batch = built["batch"]
-    ours_t = _time(built["eqmlip_step"], built["eqmlip_state"], args.repeats)
-    theirs_t = _time(built["mlip_step"], built["mlip_state"], args.repeats)
+    load_start = os.getloadavg()[0]
+    ours = _Stepper(built["eqmlip_step"], built["eqmlip_state"])
+    theirs = _Stepper(built["mlip_step"], built["mlip_state"])
+    jax.clear_caches()  # or the correctness check's executables are served from the cache
+    first = _first_call(ours), _first_call(theirs)
+    ours_t, theirs_t, ratios = interleaved(ours, theirs, args.rounds, args.repeats)
+    timing = timing_summary(ours_t, theirs_t, ratios)
+    # The compile: the first call less one steady-state step.
+    compile_s = first[0] - statistics.median(ours_t), first[1] - statistics.median(theirs_t)
     print(
         json.dumps(
             {
@@ -261,15 +280,15 @@ def main() -> None:
                 "first_loss": built["first_loss"],
                 "loss_relative_error": built["loss_relative_error"],
                 "second_loss_relative_error": built["second_loss_relative_error"],
-                "eqmlip_steps_per_s": round(1 / ours_t[1], 3),
-                "mlip_steps_per_s": round(1 / theirs_t[1], 3),
-                "eqmlip_median_ms": round(ours_t[1] * 1e3, 2),
-                "mlip_median_ms": round(theirs_t[1] * 1e3, 2),
-                "speedup_vs_mlip": round(theirs_t[1] / ours_t[1], 3),
-                "eqmlip_compile_s": round(ours_t[0], 2),
-                "mlip_compile_s": round(theirs_t[0], 2),
-                "compile_speedup_vs_mlip": round(theirs_t[0] / ours_t[0], 3),
+                "eqmlip_steps_per_s": round(1e3 / timing["eqmlip_median_ms"], 3),
+                "mlip_steps_per_s": round(1e3 / timing["mlip_median_ms"], 3),
+                **timing,
+                "eqmlip_compile_s": round(compile_s[0], 2),
+                "mlip_compile_s": round(compile_s[1], 2),
+                "compile_speedup_vs_mlip": round(compile_s[1] / compile_s[0], 3),
+                "rounds": args.rounds,
                 "repeats": args.repeats,
+                "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
                 "dtype": "float32",
                 "jax": jax.__version__,
                 "device": jax.devices()[0].device_kind,
