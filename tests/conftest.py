@@ -1,4 +1,6 @@
 import gc
+import shutil
+import tempfile
 
 import hypothesis
 import jax
@@ -13,6 +15,28 @@ from .helpers import tiny_model
 # Equinox's own test settings: no silent dtype promotion, NaNs raise.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_debug_nans", True)
+
+# XLA's persistent compilation cache, in a folder of this process's own (no two processes
+# write it) that lives for the session. Tests that build the same program again (a new model
+# or closure of the same shapes: a miss in `jax.jit`'s own cache, which is keyed by the Python
+# objects) load the executable XLA built the first time instead of compiling it again; the
+# loaded executable is the one compiled, so every number is unchanged.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="eqmlip-tests-xla-cache-")
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A cache entry that cannot be read or written is compiled instead (JAX warns): a fault of
+    # the cache, not of the code under test, so it does not fail the test.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:Error (reading|writing) persistent compilation cache entry"
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+
 
 # The library's settings (no deadline, no explain phase, derandomised), with fewer examples.
 hypothesis.settings.register_profile("ci", testing.hypothesis_settings(max_examples=10))
