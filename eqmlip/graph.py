@@ -29,7 +29,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import matscipy.neighbours
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, Shaped
+from jaxtyping import Array, Bool, Float, Int, Integer, Shaped
 
 from ._arrays import _Arr, _host_value, _to_device
 from ._errors import InputError
@@ -40,6 +40,24 @@ from ._species import check_species as check_species, species_index as species_i
 MIN_DISTANCE = 0.1
 
 _AXES = "abc"
+
+
+# Up to this many (item, graph) pairs, each item's graph is counted by comparing its index
+# with the running counts: one fused op, against the several small ops of `jnp.repeat`'s
+# scan, which the small graphs' steps pay per call. Beyond it, the scan's linear cost wins.
+_COMPARE_PAIRS = 1 << 18
+
+
+def _owner_index(counts: Integer[Array, " graphs"], total: int) -> Int[Array, " {total}"]:
+    """`jnp.repeat(arange(graphs), counts, total_repeat_length=total)`: the graph of each of
+    `total` items when graph `g` owns the next `counts[g]` (the same output for any
+    non-negative counts, whatever their sum)."""
+    graphs = int(counts.shape[0])
+    if graphs * total > _COMPARE_PAIRS:
+        return jnp.repeat(jnp.arange(graphs), counts, total_repeat_length=total)
+    ends = jnp.cumsum(counts)
+    owner = jnp.sum(jnp.arange(total, dtype=ends.dtype)[:, None] >= ends[None, :], axis=1)
+    return jnp.minimum(owner, graphs - 1)
 
 
 class EdgeSet(eqx.Module):
@@ -245,9 +263,7 @@ class Graph(eqx.Module):
 
         **Returns:** an integer array of shape `[nodes]`.
         """
-        return jnp.repeat(
-            jnp.arange(self.num_graphs), self.n_node, total_repeat_length=self.num_nodes
-        )
+        return _owner_index(self.n_node, self.num_nodes)
 
     def edge_graph_index(self) -> Int[Array, " {self.num_edges}"]:
         """The graph of each edge: `[0]*n_edge[0] + [1]*n_edge[1] + ...`.
@@ -256,9 +272,7 @@ class Graph(eqx.Module):
 
         **Returns:** an integer array of shape `[edges]`.
         """
-        return jnp.repeat(
-            jnp.arange(self.num_graphs), self.n_edge, total_repeat_length=self.num_edges
-        )
+        return _owner_index(self.n_edge, self.num_edges)
 
     def edge_vectors(self, *, long_range: bool = False) -> Float[Array, "edges 3"]:
         """Edge vectors `pos[receivers] - pos[senders] + shifts @ cell[graph of edge]`.
@@ -289,9 +303,7 @@ class Graph(eqx.Module):
         dtype = pos.dtype
         shifts = edges.shifts.astype(dtype)
         num_edges = int(edges.senders.shape[0])
-        edge_cell = jnp.repeat(
-            self.cell.astype(dtype), edges.n_edge, axis=0, total_repeat_length=num_edges
-        )
+        edge_cell = self.cell.astype(dtype)[_owner_index(edges.n_edge, num_edges)]
         shift_vectors = jnp.einsum("ei,eij->ej", shifts, edge_cell)
         senders, receivers = edges.senders, edges.receivers
         return pos[receivers] - (pos[senders] - shift_vectors)

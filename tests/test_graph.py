@@ -306,6 +306,23 @@ def test_graph_indices_are_jit_compatible_without_retracing():
     assert traces == 1
 
 
+@pytest.mark.parametrize("compare_pairs", [0, 1 << 18], ids=["repeat", "compare"])
+def test_owner_index_matches_repeat(monkeypatch, compare_pairs):
+    """Both ways of finding each item's graph (the fused comparison for small sizes, the
+    repeat beyond) give `np.repeat`'s indices, with empty graphs, and the last graph's index
+    for items past the counts' sum, as `jnp.repeat` does."""
+    import eqmlip.graph
+
+    monkeypatch.setattr(eqmlip.graph, "_COMPARE_PAIRS", compare_pairs)
+    owner = jax.jit(eqmlip.graph._owner_index, static_argnums=1)
+    for counts, total in (([3, 0, 2, 1], 6), ([0, 4], 4), ([5], 5), ([2, 1, 0], 5)):
+        got = owner(jnp.asarray(counts, jnp.int32), total)
+        expected = np.repeat(np.arange(len(counts)), counts)
+        expected = np.concatenate([expected, [len(counts) - 1] * (total - len(expected))])
+        assert got.dtype == jnp.arange(1).dtype
+        np.testing.assert_array_equal(np.asarray(got), expected)
+
+
 def test_inconsistent_fields_raise():
     graph = Graph.from_atoms(_water(), 1.2)
     fields = {k: getattr(graph, k) for k in graph.__dataclass_fields__}

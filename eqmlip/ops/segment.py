@@ -157,6 +157,43 @@ def mask_rows(
     return jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, 0.0)
 
 
+def _scatter_add_rows(
+    operand: Float[Array, " rows *rest"],
+    rows: Int[Array, " items"],
+    data: Float[Array, " items *rest"],
+    mode: jax.lax.GatherScatterMode,
+) -> Float[Array, " rows *rest"]:
+    dims = jax.lax.ScatterDimensionNumbers(
+        update_window_dims=tuple(range(1, data.ndim)),
+        inserted_window_dims=(0,),
+        scatter_dims_to_operand_dims=(0,),
+    )
+    return jax.lax.scatter_add(operand, rows[:, None], data, dims, mode=mode)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _scatter_rows(
+    data: Float[Array, " items *rest"], rows: Int[Array, " items"], num_segments: int
+) -> Float[Array, " {num_segments} *rest"]:
+    """`segment_sum` for `rows` in `0..num_segments`, the last value meaning dropped.
+
+    The value is one scatter-add into `num_segments` rows that skips the dropped items (XLA
+    skips out-of-bounds updates). The tangent adds into one extra row, cut off, so that its
+    transpose (the gradient) is a zero row padded onto the cotangent and a gather promised in
+    bounds; only the tangent pays the cut-off copy, and reverse mode never computes it.
+    """
+    zeros = jnp.zeros((num_segments, *data.shape[1:]), data.dtype)
+    return _scatter_add_rows(zeros, rows, data, jax.lax.GatherScatterMode.FILL_OR_DROP)
+
+
+@_scatter_rows.defjvp
+def _scatter_rows_jvp(num_segments: int, primals: tuple, tangents: tuple) -> tuple:
+    (data, rows), (data_dot, _) = primals, tangents
+    zeros = jnp.zeros((num_segments + 1, *data.shape[1:]), data_dot.dtype)
+    extra = _scatter_add_rows(zeros, rows, data_dot, jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    return _scatter_rows(data, rows, num_segments), extra[:num_segments]
+
+
 def segment_sum(
     data: Float[Array, " items *rest"],
     segment_ids: Int[Array, " items"],
@@ -167,10 +204,10 @@ def segment_sum(
     """`out[s] = sum_{i: ids[i] = s} data[i]`; ids outside `0..num_segments-1` are dropped.
 
     `deterministic=False` gives the sums of `jax.ops.segment_sum` with one scatter-add (whose
-    summation order on GPU depends on thread timing): out-of-range ids are sent to an extra
-    row `num_segments`, cut off afterwards, so the scatter-add and its gradient (a gather) are
-    promised in-bounds indices and XLA emits no bounds checks, nor the items-sized select that
-    would otherwise drop the out-of-range entries of the gradient. `deterministic=True` sorts
+    summation order on GPU depends on thread timing). Its gradient is a gather from the
+    cotangent padded with a zero row, which out-of-range ids read: promised in bounds, so XLA
+    emits neither bounds checks nor the items-sized select that would drop those entries
+    (`jax.ops.segment_sum`'s gradient has both). `deterministic=True` sorts
     the items by segment (stable), takes a segmented inclusive scan (`jax.lax.associative_scan`,
     a fixed reduction tree) and reads the last item of each segment: bit-for-bit reproducible
     on every backend, and so is its gradient (a gather and scans; the only scatters write
@@ -189,8 +226,7 @@ def segment_sum(
         rows = jnp.where(
             (segment_ids >= 0) & (segment_ids < num_segments), segment_ids, num_segments
         ).astype(jnp.int32)
-        out = jnp.zeros((num_segments + 1, *data.shape[1:]), data.dtype)
-        return out.at[rows].add(data, mode="promise_in_bounds")[:num_segments]
+        return _scatter_rows(data, rows, num_segments)
     items = data.shape[0]
     if items == 0:
         return jnp.zeros((num_segments, *data.shape[1:]), data.dtype)
