@@ -156,7 +156,10 @@ def interleaved(
     Each of `rounds` rounds runs `repeats` steps of one then `repeats` of the other, eqmlip
     first in even rounds and the reference first in odd ones, so that a change of load on a
     shared machine reaches both. An untimed round comes first: the first steps after
-    compiling are slow.
+    compiling are slow. Each block of `repeats` also starts with one untimed step: the first
+    step after the other library's is cold (under glibc's default malloc, eqmlip's Si-512
+    step took 260 ms right after mlip's, whose 2 GiB of buffers had just been freed, and 120
+    ms right after its own), and a library used alone never pays that.
     """
     steps = (ours, theirs)
     for step in steps:
@@ -167,6 +170,7 @@ def interleaved(
     for r in range(rounds):
         medians = [0.0, 0.0]
         for i in (0, 1) if r % 2 == 0 else (1, 0):
+            steps[i]()
             record = []
             for _ in range(repeats):
                 start = time.perf_counter()

@@ -24,7 +24,8 @@ Correctness first: the first step's loss must agree within 1e-5 (relative). Then
 `jax.clear_caches()`, each step is compiled afresh and timed on its first call (trace +
 compile + one step; the compile time reported is that minus the median step), and the
 steady-state steps in `--rounds` interleaved rounds of `--repeats` steps of each library
-(eqmlip first in even rounds, mlip in odd ones; `benchmarks/nequip.py`'s `interleaved`).
+(eqmlip first in even rounds, mlip in odd ones, one untimed step before each block;
+`benchmarks/nequip.py`'s `interleaved`).
 Prints one JSON line: medians over all steps, the median, range and list of the per-round
 ratios, eqmlip's 10th/90th percentile step; `speedup_vs_mlip` > 1 means eqmlip is faster.
 
