@@ -1,4 +1,4 @@
-"""Training: losses, the optimizer, one `eqx.filter_jit` step, the loop with EMA evaluation,
+"""Training: losses, the optimizer, one jitted step, the loop with EMA evaluation,
 logs, checkpoints, early stopping and exact resume.
 
 ```

@@ -300,7 +300,7 @@ def data_parallel_step(
     ema_decay: float,
 ) -> tuple[TrainState, Float[Array, ""], dict[str, Float[Array, ""]]]:
     """One data-parallel optimisation step: [`eqmlip.training.train_step`][] (the one
-    `eqx.filter_jit` step) with the [`eqmlip.training.StackedLoss`][] of `loss`.
+    jitted step) with the [`eqmlip.training.StackedLoss`][] of `loss`.
 
     With `state` replicated on a mesh ([`eqmlip.training.replicate`][]) and `batch` sharded
     along it ([`eqmlip.training.shard_batch`][]), XLA partitions the per-device losses and

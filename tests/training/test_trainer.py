@@ -8,13 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxtyping import Array, Float
 
-from eqmlip import InputError
+from eqmlip import Graph, InputError
 from eqmlip.data import Budget, make_batch, structure_graph
 from eqmlip.io import load_model
+from eqmlip.models import AbstractPotential
 from eqmlip.training import (
     Loss,
     TrainConfig,
+    _step as step_module,
     evaluate,
     init_state,
     make_optimizer,
@@ -77,6 +80,53 @@ def test_atomic_energies_are_not_trained(alloy_structures, model):
     )
     assert all(changed) and np.isfinite(float(loss))
     assert int(new.step) == 1
+
+
+class _DecayPair(AbstractPotential):
+    """`E_i = 1/2 sum_j strength exp(-r_ij / length)`: `length` is a Python float leaf, not
+    an array (a user's model need not mark such a field static)."""
+
+    strength: Float[Array, ""]
+    length: float
+    species: tuple[int, ...] = eqx.field(static=True)
+    cutoff: float = eqx.field(static=True)
+
+    def hyperparameters(self):
+        return {"length": self.length}
+
+    def __call__(self, graph: Graph) -> Float[Array, " nodes"]:
+        r = jnp.sqrt(jnp.sum(graph.edge_vectors() ** 2, axis=-1) + 1e-12)
+        pair = jnp.where(graph.edge_mask, self.strength * jnp.exp(-r / self.length), 0.0)
+        energies = 0.5 * jax.ops.segment_sum(pair, graph.receivers, graph.num_nodes)
+        return jnp.where(graph.node_mask, energies, 0.0)
+
+
+def test_step_dispatch(alloy_structures, model, monkeypatch):
+    """An all-array state goes through `jax.jit`, one with a Python scalar leaf through
+    `eqx.filter_jit` (which keeps that leaf static); the step is the same computation."""
+    taken = []
+    for name in ("_array_step", "_filtered_step"):
+        compiled = getattr(step_module, name)
+        monkeypatch.setattr(
+            step_module, name, lambda *a, _c=compiled, _n=name: (taken.append(_n), _c(*a))[1]
+        )
+    optimizer = make_optimizer(TrainConfig(**FAST), 10)
+    batch = _batch(alloy_structures[:4])
+    state = init_state(model, optimizer)
+    new, value, _ = train_step(state, batch, optimizer, Loss(), 0.9)
+    assert taken == ["_array_step"]
+    filtered, filtered_value, _ = step_module._filtered_step(state, batch, optimizer, Loss(), 0.9)
+    taken.clear()
+    assert float(value) == float(filtered_value)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(filtered), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    pair = _DecayPair(jnp.float32(0.3), 1.5, model.species, model.cutoff)
+    pair_state = init_state(pair, optimizer)
+    pair_new, pair_value, _ = train_step(pair_state, batch, optimizer, Loss(), 0.9)
+    assert taken == ["_filtered_step"]
+    assert pair_new.model.length == 1.5 and float(pair_new.model.strength) != 0.3
+    assert np.isfinite(float(pair_value))
 
 
 def test_masked_targets_do_not_contribute(alloy_structures, model):
