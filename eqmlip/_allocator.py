@@ -2,10 +2,13 @@
 
 By default glibc serves XLA:CPU's large scratch buffers with `mmap` and returns them to the
 kernel after every call, so each step page-faults its whole working set again (41% of CPU
-time in the kernel at 512 atoms). One arena, no `mmap` for large blocks and a high trim
-threshold keep those pages: NequIP energy+forces measured 1.2x (512 atoms) to 3.3x (4,096
-atoms) faster, at the cost of a larger resident set. glibc reads these tunables only at
-process start, hence the re-exec. They change where memory comes from, never a number.
+time in the kernel at 512 atoms). No `mmap` for large blocks, a high trim threshold and a
+large top pad keep those pages: NequIP energy+forces measured 1.2x (512 atoms) to 3.3x (4,096
+atoms) faster, at the cost of a larger resident set. The number of malloc arenas is left to
+glibc: one arena for every thread (`arena_max=1`, in this set until 2026-12-04) put XLA's
+threads behind one lock and made the 21-atom step 1.3x and the training step 1.4x slower.
+glibc reads these tunables only at process start, hence the re-exec. They change where memory
+comes from, never a number.
 
 Opt out with `EQMLIP_MALLOC=default` in the environment. A program that imports eqmlip
 applies the same settings to its own process with `eqmlip.tune_malloc()` (glibc's `mallopt`).
@@ -21,7 +24,6 @@ from ._errors import InputError
 
 TUNED_MALLOC = ":".join(
     (
-        "glibc.malloc.arena_max=1",
         "glibc.malloc.mmap_max=0",
         "glibc.malloc.trim_threshold=68719476736",  # 64 GiB: never give freed pages back
         "glibc.malloc.top_pad=1073741824",  # grow the heap 1 GiB at a time
@@ -71,7 +73,6 @@ def reexec_with_tuned_malloc(python_arguments: Sequence[str]) -> None:
 # tunable's 64 GiB; either keeps the freed pages of XLA:CPU's working sets (0.85 GiB for the
 # default NequIP on 4,096 Si atoms).
 _MALLOPT_SETTINGS = (
-    ("M_ARENA_MAX", -8, 1),
     ("M_MMAP_MAX", -4, 0),
     ("M_TRIM_THRESHOLD", -1, 2**31 - 1),
     ("M_TOP_PAD", -2, 2**30),
@@ -95,16 +96,16 @@ def tune_malloc() -> None:
     import jax
     ```
 
-    It sets one malloc arena (`M_ARENA_MAX` 1), no `mmap` for large blocks (`M_MMAP_MAX` 0),
-    a trim threshold of 2 GiB (`M_TRIM_THRESHOLD`) and a 1 GiB top pad (`M_TOP_PAD`), the
-    equivalent of `eqmlip._allocator.TUNED_MALLOC` through `GLIBC_TUNABLES`, whose malloc
-    settings it overrides. It changes where memory comes from, never a computed number.
+    It sets no `mmap` for large blocks (`M_MMAP_MAX` 0), a trim threshold of 2 GiB
+    (`M_TRIM_THRESHOLD`) and a 1 GiB top pad (`M_TOP_PAD`), the equivalent of
+    `eqmlip._allocator.TUNED_MALLOC` through `GLIBC_TUNABLES`, whose malloc settings it
+    overrides. It changes where memory comes from, never a computed number.
 
     **Caveats.** It changes the allocator of the whole process, not only eqmlip's: memory that
     is freed stays with the process (a larger resident set), for every library in it. Call it
-    before JAX allocates large buffers: blocks already mapped stay mapped until freed, and
-    threads that already own a malloc arena keep it. Calling it again sets the same values
-    again (it is idempotent). There is no undo short of restarting the process.
+    before JAX allocates large buffers: blocks already mapped stay mapped until freed. Calling
+    it again sets the same values again (it is idempotent). There is no undo short of
+    restarting the process.
 
     **Returns:** None, once glibc has accepted every setting.
 
