@@ -132,7 +132,7 @@ def _step(
     return TrainState(model, ema_model, opt_state, step), value, terms
 
 
-# Two compilations of the same step. When every leaf of the state and the batch is an array (as
+# Two jitted forms of the same step. When every leaf of the state and the batch is an array (as
 # for eqmlip's potentials), `jax.jit` flattens them in its C++ dispatch, where `eqx.filter_jit`
 # partitions and recombines the whole state in Python: 0.7 ms of a 10 ms NequIP training step
 # on 2 CPU cores. Other pytrees (a user's model with a Python scalar leaf) keep `filter_jit`,
