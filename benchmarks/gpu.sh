@@ -13,7 +13,7 @@
 #
 # LIMIT_SCALE (default 1) multiplies every time limit; SCRIPTS (comma-separated, default all)
 # picks scripts. Compiling for the GPU dominates: on an H200 with a 16-core host, nequip took
-# 151 s and train 120 s end to end, so the whole list needs about 30 minutes of device time
+# 151 s and train 120 s end to end; the limits below add up to 28 minutes of device time
 # (benchmarks/results-gpu.json is nequip, train and message_pass from one 15-minute lease).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR [LIMIT_SCALE]}
