@@ -16,7 +16,7 @@
 # 151 s and train 120 s end to end; the limits below add up to 28 minutes of device time
 # (benchmarks/results-gpu.json is nequip, train and message_pass from one 15-minute lease).
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu.sh OUTDIR [LIMIT_SCALE]}
+out=${1:?usage: bash benchmarks/gpu.sh OUTDIR [LIMIT_SCALE] [SCRIPTS]}
 scale=${2:-1}
 only=,${3:-nequip,train,message_pass,linear,plot_scaling,mace,nequix},
 cd "$(dirname "$0")/.."
