@@ -453,6 +453,14 @@ def block_linear(
     return _per_block(x, weights, blocks, scaled_mix)
 
 
+def _contract_last(x: Float[Array, "*rows k"], w: Float[Array, "out k"]) -> Float[Array, "*rows out"]:
+    """`x @ w.T` as one `dot_general` on `w`'s last axis. Written without the transpose, the
+    weight gradient comes out in `w`'s own layout: with `w.T`, a gradient summed from two
+    products (energy and forces terms) kept the transposed layout, and every optimizer
+    update of the weight read it through a strided copy."""
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+
+
 def indexed_block_linear(
     x: Float[Array, "n dim_in"],
     index: Int[Array, " n"],
@@ -475,9 +483,10 @@ def indexed_block_linear(
         select = onehot * block_scale(block.mul_in)  # (n, num)
         stacked = w.astype(x.dtype).reshape(num * block.mul_out, block.mul_in)
         if block.dim == 1:
-            y = (chunk[..., 0] @ stacked.T).reshape(n, num, block.mul_out)
+            y = _contract_last(chunk[..., 0], stacked).reshape(n, num, block.mul_out)
             return jnp.sum(y * select[:, :, None], axis=1)[..., None]
-        y = (jnp.swapaxes(chunk, 1, 2) @ stacked.T).reshape(n, block.dim, num, block.mul_out)
+        y = _contract_last(jnp.swapaxes(chunk, 1, 2), stacked)
+        y = y.reshape(n, block.dim, num, block.mul_out)
         return jnp.swapaxes(jnp.sum(y * select[:, None, :, None], axis=2), 1, 2)
 
     return _per_block(x, weights, blocks, species_mix)
