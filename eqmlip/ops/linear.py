@@ -453,7 +453,9 @@ def block_linear(
     return _per_block(x, weights, blocks, scaled_mix)
 
 
-def _contract_last(x: Float[Array, "*rows k"], w: Float[Array, "out k"]) -> Float[Array, "*rows out"]:
+def _contract_last(
+    x: Float[Array, "*rows k"], w: Float[Array, "out k"]
+) -> Float[Array, "*rows out"]:
     """`x @ w.T` as one `dot_general` on `w`'s last axis. Written without the transpose, the
     weight gradient comes out in `w`'s own layout: with `w.T`, a gradient summed from two
     products (energy and forces terms) kept the transposed layout, and every optimizer

@@ -53,6 +53,7 @@ from ._run import (
 from ._step import (
     TrainState as TrainState,
     cast_batch as cast_batch,
+    flat_parameters as flat_parameters,
     init_state as init_state,
     loss_from_config as loss_from_config,
     make_optimizer as make_optimizer,

@@ -35,10 +35,22 @@ from ._parallel import (
     shard_batch,
     to_host,
 )
-from ._step import TrainState, cast_batch, init_state, loss_from_config, make_optimizer, train_step
+from ._step import (
+    TrainState,
+    _flattens,
+    _join,
+    cast_batch,
+    init_state,
+    loss_from_config,
+    make_optimizer,
+    train_step,
+    trainable,
+)
 
 CHECKPOINT_FORMAT = "eqmlip-checkpoint"
-CHECKPOINT_VERSION = 1
+# 2: `make_optimizer`'s state holds one vector per moment (`flat_parameters`); format 1 held
+# one array per parameter and is converted on loading.
+CHECKPOINT_VERSION = 2
 METRICS = (
     "energy_mae",
     "energy_rmse",
@@ -217,8 +229,44 @@ def load_checkpoint(
                 f"(saved {[saved.get(k) for k in changed]}, now {[current[k] for k in changed]}); "
                 "resume with the same configuration or start a new log_dir."
             )
+    if header["format_version"] < 2:
+        return _load_per_parameter_state(payload, like), Progress(**header["progress"])
     state = eqx.tree_deserialise_leaves(io.BytesIO(payload), like)
     return state, Progress(**header["progress"])
+
+
+def _load_per_parameter_state(payload: bytes, like: TrainState) -> TrainState:
+    """A format-1 payload into `like`: where `like`'s optimizer state holds one vector of all
+    trainable parameters ([`eqmlip.training.flat_parameters`][]), the payload holds one array
+    per parameter (the same values in the same order), read as such and joined."""
+    params = eqx.filter(like.model, trainable(like.model))
+    if not _flattens(params):
+        return eqx.tree_deserialise_leaves(io.BytesIO(payload), like)
+    leaves = jax.tree.leaves(params)
+    flat_shape = (sum(int(np.size(x)) for x in leaves),)
+    flat_dtype = leaves[0].dtype
+    shape = jax.tree.structure(params)
+
+    def is_flat(x: Any) -> bool:
+        return eqx.is_array(x) and x.shape == flat_shape and x.dtype == flat_dtype
+
+    def per_parameter(x: Any) -> Any:
+        return jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params) if is_flat(x) else x
+
+    old_like = TrainState(
+        like.model, like.ema_model, jax.tree.map(per_parameter, like.opt_state), like.step
+    )
+    old = eqx.tree_deserialise_leaves(io.BytesIO(payload), old_like)
+
+    def is_parameter_tree(x: Any) -> bool:
+        return not eqx.is_array(x) and jax.tree.structure(x) == shape
+
+    opt_state = jax.tree.map(
+        lambda x: _join(x) if is_parameter_tree(x) else x,
+        old.opt_state,
+        is_leaf=is_parameter_tree,
+    )
+    return TrainState(old.model, old.ema_model, opt_state, old.step)
 
 
 class _Logger:

@@ -5,6 +5,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PyTree
 
@@ -32,9 +33,67 @@ def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [config.warmup_steps])
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+def _flattens(tree: PyTree) -> bool:
+    """Whether [`eqmlip.training.flat_parameters`][] joins the leaves of `tree` into one vector:
+    more than one array leaf, all of one dtype (a join would otherwise promote)."""
+    leaves = jax.tree.leaves(tree)
+    return len(leaves) > 1 and len({jnp.result_type(x) for x in leaves}) == 1
+
+
+def _join(tree: PyTree) -> Array:
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def _split_like(vector: Array, tree: PyTree) -> PyTree:
+    """`vector` cut back into arrays of the shapes of `tree`'s leaves, in `tree`'s structure."""
+    leaves, treedef = jax.tree.flatten(tree)
+    ends = np.cumsum([np.size(x) for x in leaves])[:-1].tolist()
+    pieces = jnp.split(vector, ends)
+    return jax.tree.unflatten(
+        treedef, [p.reshape(np.shape(x)) for p, x in zip(pieces, leaves, strict=True)]
+    )
+
+
+def flat_parameters(
+    inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+    """`inner` run on one vector holding every parameter, so its state holds one vector per
+    moment instead of one array per parameter.
+
+    The arithmetic is `inner`'s, element by element; only sums over all parameters (the
+    global norm of gradient clipping) run in another order. A per-parameter optimizer costs
+    a few small XLA ops per leaf: on NequIP's 21 trainable leaves, its training step ran 8 %
+    faster flat (2 cores). Trees with a single leaf, or with leaves of mixed dtypes (which a
+    join would promote), are passed to `inner` as they are.
+    """
+    inner = optax.with_extra_args_support(inner)
+
+    def init(params: PyTree) -> Any:
+        return inner.init(_join(params) if _flattens(params) else params)
+
+    def update(
+        updates: PyTree, state: Any, params: PyTree | None = None, **extra: Any
+    ) -> tuple[PyTree, Any]:
+        if not _flattens(updates):
+            return inner.update(updates, state, params, **extra)
+        flat_params = None if params is None else _join(params)
+        flat, state = inner.update(_join(updates), state, flat_params, **extra)
+        return _split_like(jnp.asarray(flat), updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def make_optimizer(
+    config: TrainConfig, total_steps: int, *, flat: bool = True
+) -> optax.GradientTransformation:
     """`optax.chain(clip_by_global_norm, amsgrad | adam, add_decayed_weights,
-    scale_by_learning_rate(schedule))` as [`eqmlip.training.TrainConfig`][] describes."""
+    scale_by_learning_rate(schedule))` as [`eqmlip.training.TrainConfig`][] describes.
+
+    With `flat` (the default) the chain runs on one vector of all trainable parameters
+    ([`eqmlip.training.flat_parameters`][]): the optimizer state holds one vector per moment.
+    `flat=False` keeps one array per parameter (the layout of checkpoints before format 2,
+    which [`eqmlip.training.load_checkpoint`][] converts).
+    """
     parts = []
     if config.grad_clip is not None:
         parts.append(optax.clip_by_global_norm(config.grad_clip))
@@ -43,7 +102,8 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     if config.weight_decay:
         parts.append(optax.add_decayed_weights(config.weight_decay))
     parts.append(optax.scale_by_learning_rate(make_schedule(config, total_steps)))
-    return optax.chain(*parts)
+    chain = optax.chain(*parts)
+    return flat_parameters(chain) if flat else chain
 
 
 def loss_from_config(config: TrainConfig) -> Loss:

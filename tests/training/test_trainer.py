@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jaxtyping import Array, Float
 
@@ -16,11 +17,16 @@ from eqmlip.io import load_model
 from eqmlip.models import AbstractPotential
 from eqmlip.training import (
     Loss,
+    Progress,
     TrainConfig,
+    _loop as loop_module,
     _step as step_module,
     evaluate,
+    flat_parameters,
     init_state,
+    load_checkpoint,
     make_optimizer,
+    save_checkpoint,
     train,
     train_step,
     trainable,
@@ -127,6 +133,71 @@ def test_step_dispatch(alloy_structures, model, monkeypatch):
     assert taken == ["_filtered_step"]
     assert pair_new.model.length == 1.5 and float(pair_new.model.strength) != 0.3
     assert np.isfinite(float(pair_value))
+
+
+def test_flat_optimizer_state(alloy_structures, model):
+    """`make_optimizer`'s state holds one vector per moment, and its steps are those of the
+    per-parameter chain up to the order of the global norm's sum."""
+    config = TrainConfig(**FAST)
+    flat, per_leaf = make_optimizer(config, 10), make_optimizer(config, 10, flat=False)
+    batch = _batch(alloy_structures[:4])
+    params = eqx.filter(model, trainable(model))
+    size = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    flat_state, leaf_state = init_state(model, flat), init_state(model, per_leaf)
+    moments = [x for x in jax.tree.leaves(flat_state.opt_state) if x.ndim == 1]
+    assert moments and all(x.shape == (size,) for x in moments)
+    assert len(jax.tree.leaves(leaf_state.opt_state)) > len(jax.tree.leaves(params))
+    for _ in range(3):
+        flat_state, flat_loss, _ = train_step(flat_state, batch, flat, Loss(), 0.9)
+        leaf_state, leaf_loss, _ = train_step(leaf_state, batch, per_leaf, Loss(), 0.9)
+        np.testing.assert_allclose(float(flat_loss), float(leaf_loss), rtol=1e-5)
+    for a, b in zip(_leaves(flat_state.model), _leaves(leaf_state.model), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(_leaves(flat_state.model), _leaves(model), strict=True)
+    )
+
+    # One leaf, or leaves of two dtypes, stay as they are (a join would promote).
+    adam = flat_parameters(optax.adam(1e-2))
+    mixed = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones(2, jnp.bfloat16)}
+    state: Any = adam.init(mixed)
+    assert jax.tree.structure(state[0].mu) == jax.tree.structure(mixed)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction, as in `train_step`
+        updates: Any = adam.update(mixed, state, mixed)[0]
+    assert {k: v.dtype for k, v in updates.items()} == {"a": jnp.float32, "b": jnp.bfloat16}
+    single = {"w": jnp.ones((2, 3))}
+    single_state: Any = adam.init(single)
+    assert single_state[0].mu["w"].shape == (2, 3)
+
+
+def test_format_1_checkpoint_loads_into_the_flat_state(
+    alloy_structures, model, tmp_path, monkeypatch
+):
+    """A checkpoint of format 1 (one optimizer array per parameter) resumes with today's flat
+    optimizer: the moments are joined, and the next step is the per-parameter one."""
+    config = TrainConfig(**FAST)
+    flat, per_leaf = make_optimizer(config, 10), make_optimizer(config, 10, flat=False)
+    batch = _batch(alloy_structures[:4])
+    old = init_state(model, per_leaf)
+    for _ in range(2):
+        old, _, _ = train_step(old, batch, per_leaf, Loss(), 0.9)
+    monkeypatch.setattr(loop_module, "CHECKPOINT_VERSION", 1)
+    save_checkpoint(str(tmp_path / "old.eqx"), old, Progress(step=2), config)
+    monkeypatch.undo()
+    assert b'"format_version":1' in (tmp_path / "old.eqx").read_bytes()[:2000]
+
+    loaded, progress = load_checkpoint(str(tmp_path / "old.eqx"), init_state(model, flat), config)
+    assert progress.step == 2 and int(loaded.step) == 2
+    params = eqx.filter(old.model, trainable(old.model))
+    mu = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(old.opt_state[1].mu)])
+    assert jax.tree.structure(params) == jax.tree.structure(old.opt_state[1].mu)
+    np.testing.assert_array_equal(loaded.opt_state[1].mu, mu)
+    for a, b in zip(_leaves(loaded.model), _leaves(old.model), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    after_flat, _, _ = train_step(loaded, batch, flat, Loss(), 0.9)
+    after_old, _, _ = train_step(old, batch, per_leaf, Loss(), 0.9)
+    for a, b in zip(_leaves(after_flat.model), _leaves(after_old.model), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_masked_targets_do_not_contribute(alloy_structures, model):
