@@ -222,7 +222,9 @@ def training(
 ) -> dict[str, Any]:
     """One training step on a batch of molecules, both libraries, checked then timed."""
     structures = with_targets(molecules(TRAIN_ATOMS, TRAIN_BATCH), e0)
-    optimizer, ema_fun, mlip_step, loss = training_steps(force_field, TRAIN_BATCH, 1e-3)
+    optimizer, mlip_optimizer, ema_fun, mlip_step, loss = training_steps(
+        force_field, TRAIN_BATCH, 1e-3
+    )
     batch = cast_batch(eqmlip_batch(structures), np.float32)
     state, state_static = eqx.partition(init_state(model, optimizer), eqx.is_array)
     batch_arrays, batch_static = eqx.partition(batch, eqx.is_array)
@@ -240,7 +242,7 @@ def training(
 
     ours_args = jax.device_put((state, batch_arrays))
     theirs_args = jax.device_put(
-        (init_training_state(force_field.params, optimizer, ema_fun), mlip_batch(structures))
+        (init_training_state(force_field.params, mlip_optimizer, ema_fun), mlip_batch(structures))
     )
     ours_compiled, ours_compile, ours_peak = _compile(eqmlip_step, *ours_args)
     theirs_compiled, theirs_compile, theirs_peak = _compile(theirs_step, *theirs_args)

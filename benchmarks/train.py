@@ -12,7 +12,9 @@ molecules of the same size (9 atoms by default), padded by one node and one grap
   `eqmlip.training.Loss(energy_weight=1, forces_weight=25, stress_weight=0)` and an EMA of
   decay 0.99.
 - Both: `optax.chain(clip_by_global_norm(10), scale_by_amsgrad(), scale(-lr))` with a
-  constant learning rate (eqmlip's `make_optimizer`), the same object for both.
+  constant learning rate, from eqmlip's `make_optimizer`: for eqmlip as `train` runs it (on one
+  vector of all parameters, `flat_parameters`), for mlip one array per parameter, as mlip's
+  `TrainingLoop` runs its optax chain.
 
 The two losses are the same function when every molecule of a batch has the same number of
 atoms: both take the per-atom energy MSE averaged over structures; mlip averages the force
@@ -166,20 +168,21 @@ def _first_call(stepper: _Stepper) -> float:
 def training_steps(
     force_field: ForceField, batch_size: int, learning_rate: float
 ) -> tuple[Any, ...]:
-    """What both libraries' training steps share: `(optimizer, ema_fun, mlip_step, loss)`, the
-    optimizer (clip + AMSGrad, constant rate) and EMA as mlip's TrainingLoop builds them, mlip's
-    jitted step (one device, no accumulation) and eqmlip's matching `Loss`."""
-    # One optimizer object for both sides (eqmlip's jitted step hashes it by identity).
-    optimizer = make_optimizer(
-        TrainConfig(
-            optimizer="amsgrad",
-            learning_rate=learning_rate,
-            warmup_steps=0,
-            schedule="constant",
-            grad_clip=10.0,
-        ),
-        total_steps=1,
+    """What both libraries' training steps share: `(optimizer, mlip_optimizer, ema_fun,
+    mlip_step, loss)`, the same optax chain (clip + AMSGrad, constant rate) for eqmlip (on one
+    vector of all parameters) and for mlip (one array per parameter, as its TrainingLoop runs
+    it), mlip's EMA, mlip's jitted step (one device, no accumulation) and eqmlip's matching
+    `Loss`."""
+    config = TrainConfig(
+        optimizer="amsgrad",
+        learning_rate=learning_rate,
+        warmup_steps=0,
+        schedule="constant",
+        grad_clip=10.0,
     )
+    # One object per side, reused for every step (the jitted steps hash it by identity).
+    optimizer = make_optimizer(config, total_steps=1)
+    mlip_optimizer = make_optimizer(config, total_steps=1, flat=False)
     ema_fun = exponentially_moving_average(EMA_DECAY)
     mlip_loss = MSELoss(
         energy_weight_schedule=lambda _: ENERGY_WEIGHT,
@@ -190,12 +193,12 @@ def training_steps(
     mlip_step = make_train_step(
         force_field.predictor,
         mlip_loss,  # pyright: ignore[reportArgumentType]
-        optimizer,
+        mlip_optimizer,
         ema_fun,
         avg_n_graphs_per_batch=batch_size,
     )
     loss = Loss(energy_weight=ENERGY_WEIGHT, forces_weight=FORCES_WEIGHT, stress_weight=0.0)
-    return optimizer, ema_fun, mlip_step, loss
+    return optimizer, mlip_optimizer, ema_fun, mlip_step, loss
 
 
 def build(atoms: int, batch_size: int, learning_rate: float) -> dict[str, Any]:
@@ -209,9 +212,11 @@ def build(atoms: int, batch_size: int, learning_rate: float) -> dict[str, Any]:
     force_field = mlip_force_field(MlipNequipConfig(target_irreps=DEFAULT_TARGET), info)
     model = from_mlip(force_field.params, force_field.predictor.mlip_network.config, info)
 
-    optimizer, ema_fun, mlip_step, loss = training_steps(force_field, batch_size, learning_rate)
+    optimizer, mlip_optimizer, ema_fun, mlip_step, loss = training_steps(
+        force_field, batch_size, learning_rate
+    )
     mgraph = mlip_batch(structures)
-    mlip_state = init_training_state(force_field.params, optimizer, ema_fun)
+    mlip_state = init_training_state(force_field.params, mlip_optimizer, ema_fun)
 
     # eqmlip: the library's step on the converted model.
     batch = cast_batch(eqmlip_batch(structures), np.float32)
@@ -276,7 +281,8 @@ def main() -> None:
                 "nodes": int(batch.graph.num_nodes),
                 "edges": int(batch.graph.num_edges),
                 "cutoff": CUTOFF,
-                "optimizer": "clip_by_global_norm(10) + amsgrad, EMA 0.99",
+                "optimizer": "clip_by_global_norm(10) + amsgrad, EMA 0.99; eqmlip on one "
+                "vector of all parameters, mlip one array per parameter",
                 "loss": {"energy_per_atom": ENERGY_WEIGHT, "forces": FORCES_WEIGHT},
                 "first_loss": built["first_loss"],
                 "loss_relative_error": built["loss_relative_error"],

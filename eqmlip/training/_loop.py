@@ -245,7 +245,6 @@ def _load_per_parameter_state(payload: bytes, like: TrainState) -> TrainState:
     leaves = jax.tree.leaves(params)
     flat_shape = (sum(int(np.size(x)) for x in leaves),)
     flat_dtype = leaves[0].dtype
-    shape = jax.tree.structure(params)
 
     def is_flat(x: Any) -> bool:
         return eqx.is_array(x) and x.shape == flat_shape and x.dtype == flat_dtype
@@ -258,13 +257,12 @@ def _load_per_parameter_state(payload: bytes, like: TrainState) -> TrainState:
     )
     old = eqx.tree_deserialise_leaves(io.BytesIO(payload), old_like)
 
-    def is_parameter_tree(x: Any) -> bool:
-        return not eqx.is_array(x) and jax.tree.structure(x) == shape
-
+    # Join exactly the subtrees that replaced a flat vector of `like` (a per-parameter tree
+    # elsewhere, e.g. a wrapper's own copy of the gradients, stays as `like` has it).
     opt_state = jax.tree.map(
-        lambda x: _join(x) if is_parameter_tree(x) else x,
+        lambda template, loaded: _join(loaded) if is_flat(template) else loaded,
+        like.opt_state,
         old.opt_state,
-        is_leaf=is_parameter_tree,
     )
     return TrainState(old.model, old.ema_model, opt_state, old.step)
 

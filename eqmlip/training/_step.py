@@ -60,11 +60,15 @@ def flat_parameters(
     """`inner` run on one vector holding every parameter, so its state holds one vector per
     moment instead of one array per parameter.
 
-    The arithmetic is `inner`'s, element by element; only sums over all parameters (the
-    global norm of gradient clipping) run in another order. A per-parameter optimizer costs
-    a few small XLA ops per leaf: on NequIP's 21 trainable leaves, its training step ran 8 %
-    faster flat (2 cores). Trees with a single leaf, or with leaves of mixed dtypes (which a
-    join would promote), are passed to `inner` as they are.
+    For transformations that act element by element or through sums over all parameters
+    (those of [`eqmlip.training.make_optimizer`][]: global-norm clipping, Adam, AMSGrad, weight
+    decay, a learning rate) the result is `inner`'s, with the global sums in another order.
+    Transformations that treat each parameter array on its own do not carry over: masks and
+    per-label transforms (`optax.masked`, `optax.multi_transform`), per-array trust ratios
+    (LAMB, LARS) and factored moments (Adafactor) would see one array. A per-parameter
+    optimizer costs a few small XLA ops per leaf: on NequIP's 21 trainable leaves, its
+    training step ran 8 % faster flat (2 cores). Trees with a single leaf, or with leaves of
+    mixed dtypes (which a join would promote), are passed to `inner` as they are.
     """
     inner = optax.with_extra_args_support(inner)
 

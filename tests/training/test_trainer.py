@@ -170,6 +170,19 @@ def test_flat_optimizer_state(alloy_structures, model):
     assert single_state[0].mu["w"].shape == (2, 3)
 
 
+def _beside_a_copy(inner: Any) -> Any:
+    """`inner` with a per-parameter tree of its own beside its state (as a wrapper that keeps
+    the last gradient)."""
+
+    def init(params: Any) -> Any:
+        return jax.tree.map(jnp.zeros_like, params), inner.init(params)
+
+    def update(updates: Any, state: Any, params: Any = None) -> Any:
+        return updates, (updates, inner.update(updates, state[1], params)[1])
+
+    return optax.GradientTransformation(init, update)
+
+
 def test_format_1_checkpoint_loads_into_the_flat_state(
     alloy_structures, model, tmp_path, monkeypatch
 ):
@@ -198,6 +211,20 @@ def test_format_1_checkpoint_loads_into_the_flat_state(
     after_old, _, _ = train_step(old, batch, per_leaf, Loss(), 0.9)
     for a, b in zip(_leaves(after_flat.model), _leaves(after_old.model), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    # Into a per-parameter state (`flat=False`), the same file loads as it was saved.
+    as_saved, _ = load_checkpoint(str(tmp_path / "old.eqx"), init_state(model, per_leaf), config)
+    assert jax.tree.structure(as_saved) == jax.tree.structure(old)
+    for a, b in zip(_leaves(as_saved), _leaves(old), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # A wrapper's own per-parameter tree next to the flat moments is not joined.
+    old_wrapped = init_state(model, _beside_a_copy(per_leaf))
+    monkeypatch.setattr(loop_module, "CHECKPOINT_VERSION", 1)
+    save_checkpoint(str(tmp_path / "wrapped.eqx"), old_wrapped, Progress(), config)
+    monkeypatch.undo()
+    like = init_state(model, _beside_a_copy(flat))
+    loaded_wrapped, _ = load_checkpoint(str(tmp_path / "wrapped.eqx"), like, config)
+    assert jax.tree.structure(loaded_wrapped) == jax.tree.structure(like)
 
 
 def test_masked_targets_do_not_contribute(alloy_structures, model):
