@@ -17,6 +17,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jaxtyping import PyTree
 
 from .._errors import InputError
@@ -38,7 +39,6 @@ from ._parallel import (
 from ._step import (
     TrainState,
     _flattens,
-    _join,
     cast_batch,
     init_state,
     loss_from_config,
@@ -260,7 +260,7 @@ def _load_per_parameter_state(payload: bytes, like: TrainState) -> TrainState:
     # Join exactly the subtrees that replaced a flat vector of `like` (a per-parameter tree
     # elsewhere, e.g. a wrapper's own copy of the gradients, stays as `like` has it).
     opt_state = jax.tree.map(
-        lambda template, loaded: _join(loaded) if is_flat(template) else loaded,
+        lambda template, loaded: ravel_pytree(loaded)[0] if is_flat(template) else loaded,
         like.opt_state,
         old.opt_state,
     )

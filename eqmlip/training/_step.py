@@ -5,7 +5,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PyTree
 
@@ -40,20 +39,6 @@ def _flattens(tree: PyTree) -> bool:
     return len(leaves) > 1 and len({jnp.result_type(x) for x in leaves}) == 1
 
 
-def _join(tree: PyTree) -> Array:
-    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
-
-
-def _split_like(vector: Array, tree: PyTree) -> PyTree:
-    """`vector` cut back into arrays of the shapes of `tree`'s leaves, in `tree`'s structure."""
-    leaves, treedef = jax.tree.flatten(tree)
-    ends = np.cumsum([np.size(x) for x in leaves])[:-1].tolist()
-    pieces = jnp.split(vector, ends)
-    return jax.tree.unflatten(
-        treedef, [p.reshape(np.shape(x)) for p, x in zip(pieces, leaves, strict=True)]
-    )
-
-
 def flat_parameters(
     inner: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
@@ -70,19 +55,16 @@ def flat_parameters(
     training step ran 8 % faster flat (2 cores). Trees with a single leaf, or with leaves of
     mixed dtypes (which a join would promote), are passed to `inner` as they are.
     """
-    inner = optax.with_extra_args_support(inner)
+    flat = optax.flatten(inner)
+    per_leaf = optax.with_extra_args_support(inner)
 
     def init(params: PyTree) -> Any:
-        return inner.init(_join(params) if _flattens(params) else params)
+        return (flat if _flattens(params) else per_leaf).init(params)
 
     def update(
         updates: PyTree, state: Any, params: PyTree | None = None, **extra: Any
     ) -> tuple[PyTree, Any]:
-        if not _flattens(updates):
-            return inner.update(updates, state, params, **extra)
-        flat_params = None if params is None else _join(params)
-        flat, state = inner.update(_join(updates), state, flat_params, **extra)
-        return _split_like(jnp.asarray(flat), updates), state
+        return (flat if _flattens(updates) else per_leaf).update(updates, state, params, **extra)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
